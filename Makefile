@@ -1,0 +1,33 @@
+# Two entry points for a fresh machine; both set everything up themselves and are idempotent.
+#   make demo  - synthetic BridgeData -> convert -> train BC / GC-BC / GC-DDPM-BC -> evaluate
+#   make test  - lint + the whole test suite on CPU
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_DIR ?= demo_output
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/bridge-torch-demo --out $(DEMO_DIR)
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+
+test: lint
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/data.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,31 @@
+"""Keys and shapes of a training batch: the one contract between the data layer and the agents.
+
+A batch is a nested ``dict`` of tensors, all on the training device::
+
+    {
+      "observations": {
+        "image":         uint8   (B, K, H, W, 3)  frames t-K+1..t, padded with the first frame
+        "proprio":       float32 (B, K, P)        normalised proprio of the same frames
+        "saliency":      float32 (B, H, W)        target map in [0, 1] (only with saliency data)
+        "saliency_mask": bool    (B,)             True where the sample has a usable target
+      },
+      "goals": {
+        "image":   uint8   (B, H, W, 3)           next_observations[goal index] (reference-spec §6.5)
+        "proprio": float32 (B, P)
+      },
+      "actions": float32 (B, T_act, A)            actions t..t+T_act-1, padded with the last action,
+                                                  relabelled and normalised (reference-spec §6.3-6.4)
+    }
+
+K is ``obs_horizon`` and T_act is ``act_pred_horizon``; both dimensions are always present, even
+when they are 1, so agents never branch on rank. Images stay uint8 HWC until the encoder, which
+scales them to [-1, 1] (channels-last in memory, the fast layout for convolutions).
+"""
+
+OBSERVATIONS = "observations"
+GOALS = "goals"
+ACTIONS = "actions"
+IMAGE = "image"
+PROPRIO = "proprio"
+SALIENCY = "saliency"
+SALIENCY_MASK = "saliency_mask"

@@ -1,0 +1,1 @@
+"""Data layer: raw BridgeData conversion, the packed store, vectorised sampling and augmentation."""
