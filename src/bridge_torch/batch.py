@@ -10,11 +10,11 @@ A batch is a nested ``dict`` of tensors, all on the training device::
         "saliency_mask": bool    (B,)             True where the sample has a usable target
       },
       "goals": {
-        "image":   uint8   (B, H, W, 3)           next_observations[goal index] (reference-spec §6.5)
+        "image":   uint8   (B, H, W, 3)           next_observations[goal index] (spec §6.5)
         "proprio": float32 (B, P)
       },
       "actions": float32 (B, T_act, A)            actions t..t+T_act-1, padded with the last action,
-                                                  relabelled and normalised (reference-spec §6.3-6.4)
+                                                  relabelled and normalised (spec §6.3-6.4)
     }
 
 K is ``obs_horizon`` and T_act is ``act_pred_horizon``; both dimensions are always present, even

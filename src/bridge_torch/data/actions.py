@@ -1,0 +1,128 @@
+"""Action relabelling and per-dimension statistics (reference-spec §6.3).
+
+Relabelled actions are what the robot *achieved* (proprio deltas) plus a binarised gripper, so
+the policy learns the motion it sees in the frames rather than noisy commands. Statistics are
+computed in float64 and merged exactly across stores, so the normalisation of a multi-task run
+does not depend on how the data was split into files.
+"""
+
+from typing import Any
+
+import numpy as np
+import torch
+
+GRIPPER_OPEN_THRESHOLD = 0.95  # raw gripper above this counts as open (1)
+GRIPPER_CLOSED_THRESHOLD = 0.05  # raw gripper below this counts as closed (0)
+STD_EPSILON = 1e-6  # floor for std so a constant dimension does not normalise to inf
+NORMALIZATION_TYPES = ("normal", "bounds", "none")
+
+
+def binarize_gripper(gripper: np.ndarray) -> np.ndarray:
+    """Binarise a continuous gripper command as the JAX loader does.
+
+    Values > 0.95 become 1 and < 0.05 become 0; an intermediate value takes the value of the next
+    non-intermediate step after it; a trailing run of intermediate values keeps the trajectory's
+    last raw value (not binarised), exactly as the original's reverse scan.
+    """
+    gripper = np.asarray(gripper, dtype=np.float32)
+    out = np.empty_like(gripper)
+    carry = gripper[-1] if gripper.size else np.float32(0.0)
+    for i in range(gripper.shape[0] - 1, -1, -1):
+        value = gripper[i]
+        if value > GRIPPER_OPEN_THRESHOLD:
+            carry = np.float32(1.0)
+        elif value < GRIPPER_CLOSED_THRESHOLD:
+            carry = np.float32(0.0)
+        out[i] = carry
+    return out
+
+
+def relabel_actions(proprio: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """Return achieved actions: dims 0-5 = proprio deltas, dim 6 = binarised gripper.
+
+    Args:
+        proprio: float (T+1, P) robot state of every frame, P >= 6.
+        actions: float (T, A) raw commanded actions, A = 7.
+    Returns:
+        float32 (T, A).
+    """
+    if proprio.shape[0] != actions.shape[0] + 1:
+        raise ValueError(
+            f"relabel_actions expects T+1 proprio rows for T actions, got {proprio.shape[0]} "
+            f"and {actions.shape[0]}"
+        )
+    out = np.array(actions, dtype=np.float32, copy=True)
+    out[:, :6] = proprio[1:, :6] - proprio[:-1, :6]
+    out[:, -1] = binarize_gripper(actions[:, -1])
+    return out
+
+
+def compute_statistics(x: np.ndarray) -> dict[str, Any]:
+    """Per-dimension count, mean, std, min and max of a (N, D) array, as JSON-ready lists."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"compute_statistics expects a non-empty (N, D) array, got {x.shape}")
+    return {
+        "count": int(x.shape[0]),
+        "mean": x.mean(0).tolist(),
+        "std": x.std(0).tolist(),
+        "min": x.min(0).tolist(),
+        "max": x.max(0).tolist(),
+    }
+
+
+def merge_statistics(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Exact count-weighted merge of statistics from several stores (parallel-variance formula)."""
+    if not parts:
+        raise ValueError("merge_statistics needs at least one set of statistics")
+    counts = np.array([p["count"] for p in parts], dtype=np.float64)
+    means = np.array([p["mean"] for p in parts], dtype=np.float64)
+    variances = np.array([p["std"] for p in parts], dtype=np.float64) ** 2
+    total = counts.sum()
+    mean = (counts[:, None] * means).sum(0) / total
+    second_moment = (counts[:, None] * (variances + (means - mean) ** 2)).sum(0) / total
+    return {
+        "count": int(total),
+        "mean": mean.tolist(),
+        "std": np.sqrt(second_moment).tolist(),
+        "min": np.min([p["min"] for p in parts], axis=0).tolist(),
+        "max": np.max([p["max"] for p in parts], axis=0).tolist(),
+    }
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in NORMALIZATION_TYPES:
+        raise ValueError(f"normalization type must be one of {NORMALIZATION_TYPES}, got {kind!r}")
+
+
+def _as_like(values: list[float], x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return torch.as_tensor(values, dtype=x.dtype, device=x.device)
+    return np.asarray(values, dtype=np.asarray(x).dtype)
+
+
+def normalize(x: Any, stats: dict[str, Any], kind: str = "normal") -> Any:
+    """Normalise a numpy array or torch tensor along its last dim (reference-spec §6.3)."""
+    _check_kind(kind)
+    if kind == "none":
+        return x
+    if kind == "normal":
+        std = np.maximum(np.asarray(stats["std"], dtype=np.float64), STD_EPSILON).tolist()
+        return (x - _as_like(stats["mean"], x)) / _as_like(std, x)
+    lo, hi = _as_like(stats["min"], x), _as_like(stats["max"], x)
+    span = hi - lo
+    span = span + (span == 0)  # constant dimension: map to 0 instead of dividing by zero
+    scaled = (x - lo) / span
+    return scaled.clamp(0, 1) if isinstance(x, torch.Tensor) else np.clip(scaled, 0, 1)
+
+
+def denormalize(x: Any, stats: dict[str, Any], kind: str = "normal") -> Any:
+    """Invert :func:`normalize` (for "bounds", values are mapped back into [min, max])."""
+    _check_kind(kind)
+    if kind == "none":
+        return x
+    if kind == "normal":
+        std = np.maximum(np.asarray(stats["std"], dtype=np.float64), STD_EPSILON).tolist()
+        return x * _as_like(std, x) + _as_like(stats["mean"], x)
+    lo, hi = _as_like(stats["min"], x), _as_like(stats["max"], x)
+    return x * (hi - lo) + lo
