@@ -1,0 +1,87 @@
+"""GC-DDPM-BC: goal-conditioned diffusion policy over action chunks (spec §11.4).
+
+Training: t ~ U{0..T-1}, x_t = sqrt(ᾱ_t)·a + sqrt(1-ᾱ_t)·ε, loss = mean over batch and horizon of
+Σ_A (ε̂ - ε)². Sampling (the trainer's EMA copy, eval mode: dropout off, bug 27): x_T ~ N(0, I),
+x ← (x − (1−α_t)/sqrt(1−ᾱ_t)·ε̂)/sqrt(α_t), noise sqrt(β_t)·temperature·z for t > 0, clip to ±2
+every step, then ``repeat_last_step`` extra t = 0 updates. The observation is encoded once per
+sample call: the encoder does not depend on t.
+"""
+
+from typing import Optional
+
+import torch
+
+from bridge_torch.agents.base import Agent, AgentConfig, Batch, Metrics
+from bridge_torch.agents.encoding import ObservationEncoder
+from bridge_torch.batch import ACTIONS, GOALS, OBSERVATIONS
+from bridge_torch.models.diffusion import ScoreNetwork, beta_schedule
+from bridge_torch.models.resnet import EncoderConfig
+from bridge_torch.models.saliency import SaliencyConfig
+
+
+class GCDDPMBCAgent(Agent):
+    """Goal-conditioned DDPM behaviour cloning."""
+
+    def __init__(self, model: AgentConfig, encoder: EncoderConfig, saliency: SaliencyConfig, *,
+                 action_dim: int, proprio_dim: int, obs_horizon: int, act_pred_horizon: int,
+                 image_size: int) -> None:
+        super().__init__(saliency)
+        self.cfg = model
+        self.action_shape = (act_pred_horizon, action_dim)
+        self.encoder = ObservationEncoder(
+            encoder, goal_conditioned=True, early_goal_concat=model.early_goal_concat,
+            shared_goal_encoder=model.shared_goal_encoder, use_proprio=model.use_proprio,
+            obs_horizon=obs_horizon, proprio_dim=proprio_dim, image_size=image_size)
+        self.score = ScoreNetwork(self.encoder.out_dim, act_pred_horizon * action_dim,
+                                  time_dim=model.time_dim, num_blocks=model.num_blocks,
+                                  width=model.score_width, dropout_rate=model.dropout_rate,
+                                  use_layer_norm=model.score_layer_norm)
+        betas = beta_schedule(model.beta_schedule, model.diffusion_steps)
+        alphas = 1 - betas
+        # Non-persistent: derived from the config, so checkpoints hold only learned weights.
+        self.register_buffer("betas", betas.float(), persistent=False)
+        self.register_buffer("alphas", alphas.float(), persistent=False)
+        self.register_buffer("alpha_bars", torch.cumprod(alphas, 0).float(), persistent=False)
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
+        features, feature_map = self.encoder(batch[OBSERVATIONS], batch.get(GOALS))
+        actions = batch[ACTIONS].float()
+        b = actions.shape[0]
+        t = torch.randint(0, self.cfg.diffusion_steps, (b,), device=actions.device)
+        noise = torch.randn_like(actions)
+        alpha_bar = self.alpha_bars[t][:, None, None]
+        noisy = alpha_bar.sqrt() * actions + (1 - alpha_bar).sqrt() * noise
+        predicted = self.score(features, noisy.flatten(1), t.float()[:, None])
+        per_step = (predicted.float().reshape(b, *self.action_shape) - noise).pow(2).sum(-1)
+        ddpm_loss = per_step.mean()
+        metrics = {"ddpm_loss": ddpm_loss.detach()}
+        return self._add_saliency(ddpm_loss, metrics, batch, feature_map), metrics
+
+    def sample_actions(self, observations: dict[str, torch.Tensor],
+                       goals: Optional[dict[str, torch.Tensor]] = None, *, argmax: bool = False,
+                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Reverse diffusion -> (B, T_act, A). ``argmax`` is ignored, as in JAX: the sample is
+        deterministic given ``generator``."""
+        self._require_eval()
+        with torch.no_grad():
+            features, _ = self.encoder(observations, goals)
+            b, device = features.shape[0], features.device
+            x = torch.randn((b, *self.action_shape), generator=generator, device=device)
+            steps = list(range(self.cfg.diffusion_steps - 1, -1, -1))
+            for t in steps + [0] * self.cfg.repeat_last_step:
+                x = self._denoise_step(features, x, t, generator)
+            return x
+
+    def _denoise_step(self, features: torch.Tensor, x: torch.Tensor, t: int,
+                      generator: Optional[torch.Generator]) -> torch.Tensor:
+        b = x.shape[0]
+        time = torch.full((b, 1), float(t), device=x.device)
+        eps = self.score(features, x.flatten(1), time).float().reshape(x.shape)
+        alpha, alpha_bar = self.alphas[t], self.alpha_bars[t]
+        x = (x - (1 - alpha) / (1 - alpha_bar).sqrt() * eps) / alpha.sqrt()
+        if t > 0:
+            z = torch.randn(x.shape, generator=generator, device=x.device)
+            x = x + self.betas[t].sqrt() * self.cfg.temperature * z
+        if self.cfg.clip_sampler:
+            x = x.clamp(-self.cfg.action_clip, self.cfg.action_clip)
+        return x

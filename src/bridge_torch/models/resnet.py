@@ -1,0 +1,213 @@
+"""ResNetV1 "bridge" encoders, as the JAX original builds them (reference-spec §10.1).
+
+GroupNorm(4) instead of BatchNorm, swish, no conv bias, He-normal init, uint8 input scaled to
+[-1, 1] and two coordinate channels appended to the *input*. Convolutions and max-pooling use
+Flax's SAME padding (asymmetric for stride 2), so feature maps line up with the original's
+(128 px input -> 4x4 final map). The encoder returns its pooled features and its last feature map
+explicitly; the saliency loss needs the map and hooks would break under torch.compile (bug 30).
+"""
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# name -> (stage sizes, bottleneck blocks); "-bridge" only adds options the JAX trainer never uses
+ARCHITECTURES = {
+    "resnetv1-mini-bridge": ([1, 1, 1, 1], False),  # ours: tests and the CPU demo
+    "resnetv1-18-bridge": ([2, 2, 2, 2], False),
+    "resnetv1-34-bridge": ([3, 4, 6, 3], False),
+    "resnetv1-50-bridge": ([3, 4, 6, 3], True),
+}
+POOLING_METHODS = ("avg", "max", "spatial_softmax", "none")
+ACTIVATIONS = {"swish": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
+
+
+@dataclass
+class EncoderConfig:
+    """Image encoder; defaults are the JAX "resnetv1-34-bridge" as trained (spec §10.1)."""
+
+    name: str = "resnetv1-34-bridge"  # one of ARCHITECTURES
+    pooling_method: str = "avg"  # avg | max | spatial_softmax | none (JAX avg)
+    add_spatial_coordinates: bool = True  # 2 coordinate channels on the input (JAX True)
+    act: str = "swish"  # swish | relu | gelu (JAX bridge configs: swish)
+    num_filters: int = 64  # width of the first stage; doubles per stage (JAX 64)
+    norm_groups: int = 4  # GroupNorm groups (JAX 4)
+    softmax_temperature: float = 1.0  # spatial_softmax: -1 = learnable, else fixed 1.0 (JAX)
+
+    def __post_init__(self) -> None:
+        if self.name not in ARCHITECTURES:
+            raise ValueError(f"encoder.name must be one of {sorted(ARCHITECTURES)}, "
+                             f"got {self.name!r}")
+        if self.pooling_method not in POOLING_METHODS:
+            raise ValueError(f"encoder.pooling_method must be one of {POOLING_METHODS}, "
+                             f"got {self.pooling_method!r}")
+        if self.act not in ACTIVATIONS:
+            raise ValueError(f"encoder.act must be one of {sorted(ACTIVATIONS)}, got {self.act!r}")
+        if self.num_filters < self.norm_groups or self.num_filters % self.norm_groups:
+            raise ValueError(f"encoder.num_filters ({self.num_filters}) must be a multiple of "
+                             f"norm_groups ({self.norm_groups})")
+
+
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """Flax/TF SAME padding (before, after) for one spatial dimension."""
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class SameConv2d(nn.Conv2d):
+    """Bias-free conv with SAME padding and He-normal (fan-in, truncated) init, as Flax's."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> None:
+        super().__init__(in_channels, out_channels, kernel, stride, padding=0, bias=False)
+        fan_in = in_channels * kernel * kernel
+        std = math.sqrt(2.0 / fan_in) / 0.87962566103423978  # std of the truncated normal
+        nn.init.trunc_normal_(self.weight, std=std, a=-2 * std, b=2 * std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel, stride = self.kernel_size[0], self.stride[0]
+        top, bottom = _same_padding(x.shape[-2], kernel, stride)
+        left, right = _same_padding(x.shape[-1], kernel, stride)
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom))
+        return super().forward(x)
+
+
+def _max_pool_same(x: torch.Tensor, kernel: int = 3, stride: int = 2) -> torch.Tensor:
+    top, bottom = _same_padding(x.shape[-2], kernel, stride)
+    left, right = _same_padding(x.shape[-1], kernel, stride)
+    x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
+    return F.max_pool2d(x, kernel, stride)
+
+
+class BasicBlock(nn.Module):
+    """conv3x3(stride) -> norm -> act -> conv3x3 -> norm, + (projected) residual, act."""
+
+    expansion = 1
+
+    def __init__(self, in_ch: int, filters: int, stride: int, groups: int, act: type) -> None:
+        super().__init__()
+        self.conv1 = SameConv2d(in_ch, filters, 3, stride)
+        self.norm1 = nn.GroupNorm(groups, filters)
+        self.conv2 = SameConv2d(filters, filters, 3)
+        self.norm2 = nn.GroupNorm(groups, filters)
+        self.act = act()
+        self.proj = None
+        if stride != 1 or in_ch != filters:
+            self.proj = nn.Sequential(SameConv2d(in_ch, filters, 1, stride),
+                                      nn.GroupNorm(groups, filters))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.norm1(self.conv1(x)))
+        y = self.norm2(self.conv2(y))
+        residual = x if self.proj is None else self.proj(x)
+        return self.act(residual + y)
+
+
+class BottleneckBlock(nn.Module):
+    """1x1 -> 3x3(stride) -> 1x1 (x4 filters, last norm zero-init), + residual, act."""
+
+    expansion = 4
+
+    def __init__(self, in_ch: int, filters: int, stride: int, groups: int, act: type) -> None:
+        super().__init__()
+        out = filters * 4
+        self.conv1, self.norm1 = SameConv2d(in_ch, filters, 1), nn.GroupNorm(groups, filters)
+        self.conv2 = SameConv2d(filters, filters, 3, stride)
+        self.norm2 = nn.GroupNorm(groups, filters)
+        self.conv3, self.norm3 = SameConv2d(filters, out, 1), nn.GroupNorm(groups, out)
+        nn.init.zeros_(self.norm3.weight)
+        self.act = act()
+        self.proj = None
+        if stride != 1 or in_ch != out:
+            self.proj = nn.Sequential(SameConv2d(in_ch, out, 1, stride), nn.GroupNorm(groups, out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.norm1(self.conv1(x)))
+        y = self.act(self.norm2(self.conv2(y)))
+        y = self.norm3(self.conv3(y))
+        residual = x if self.proj is None else self.proj(x)
+        return self.act(residual + y)
+
+
+def spatial_coordinates(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """(2, H, W): row coordinate then column coordinate, each spanning [-1, 1] (JAX order)."""
+    rows = torch.linspace(-1.0, 1.0, height, device=like.device, dtype=like.dtype)
+    cols = torch.linspace(-1.0, 1.0, width, device=like.device, dtype=like.dtype)
+    return torch.stack(torch.meshgrid(rows, cols, indexing="ij"))
+
+
+class ResNetEncoder(nn.Module):
+    """ResNetV1 on channels-last images; returns ``(features (N, F), feature_map (N, C, h, w))``."""
+
+    def __init__(self, cfg: EncoderConfig, in_channels: int = 3) -> None:
+        super().__init__()
+        self.cfg, self.in_channels = cfg, in_channels
+        stage_sizes, bottleneck = ARCHITECTURES[cfg.name]
+        block = BottleneckBlock if bottleneck else BasicBlock
+        act = ACTIVATIONS[cfg.act]
+        stem_in = in_channels + (2 if cfg.add_spatial_coordinates else 0)
+        self.conv_init = SameConv2d(stem_in, cfg.num_filters, 7, 2)
+        self.norm_init = nn.GroupNorm(cfg.norm_groups, cfg.num_filters)
+        self.act = act()
+        blocks, channels = [], cfg.num_filters
+        for i, size in enumerate(stage_sizes):
+            filters = cfg.num_filters * 2**i
+            for j in range(size):
+                stride = 2 if i > 0 and j == 0 else 1
+                blocks.append(block(channels, filters, stride, cfg.norm_groups, act))
+                channels = filters * block.expansion
+        self.blocks = nn.Sequential(*blocks)
+        self.map_channels = channels
+        self.log_temperature = None
+        if cfg.pooling_method == "spatial_softmax" and cfg.softmax_temperature == -1:
+            self.log_temperature = nn.Parameter(torch.zeros(()))
+
+    def output_dim(self, image_size: int) -> int:
+        """Width of the pooled features for square ``image_size`` inputs."""
+        if self.cfg.pooling_method in ("avg", "max"):
+            return self.map_channels
+        if self.cfg.pooling_method == "spatial_softmax":
+            return 2 * self.map_channels
+        side = image_size
+        for _ in range(2 + len(ARCHITECTURES[self.cfg.name][0]) - 1):  # stem conv, pool, strides
+            side = math.ceil(side / 2)
+        return self.map_channels * side * side
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args:
+            images: (N, H, W, C) uint8 in [0, 255] (or float in the same range).
+        Returns:
+            features (N, F) and the last feature map (N, C', h, w).
+        """
+        x = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # NCHW view, channels-last memory
+        if self.cfg.add_spatial_coordinates:
+            coords = spatial_coordinates(x.shape[-2], x.shape[-1], x)
+            x = torch.cat([x, coords.expand(x.shape[0], -1, -1, -1)], dim=1)
+        x = x.contiguous(memory_format=torch.channels_last)
+        x = self.act(self.norm_init(self.conv_init(x)))
+        feature_map = self.blocks(_max_pool_same(x))
+        return self._pool(feature_map), feature_map
+
+    def _pool(self, feature_map: torch.Tensor) -> torch.Tensor:
+        method = self.cfg.pooling_method
+        if method == "avg":
+            return feature_map.mean(dim=(-2, -1))
+        if method == "max":
+            return feature_map.amax(dim=(-2, -1))
+        if method == "none":
+            return feature_map.flatten(1)
+        n, c, h, w = feature_map.shape
+        temperature = 1.0 if self.log_temperature is None else self.log_temperature.exp()
+        attention = torch.softmax(feature_map.reshape(n, c, h * w).float() / temperature, dim=-1)
+        grid = spatial_coordinates(h, w, attention)  # (2, h, w)
+        expected_row = attention @ grid[0].reshape(h * w, 1)
+        expected_col = attention @ grid[1].reshape(h * w, 1)
+        features = torch.cat([expected_col, expected_row], dim=1).reshape(n, 2 * c)
+        return features.to(feature_map.dtype)
