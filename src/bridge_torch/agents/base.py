@@ -103,6 +103,10 @@ class Agent(nn.Module):
             if SALIENCY not in observations:
                 raise KeyError("saliency.enabled is set but the batch has no observations."
                                "saliency targets (load them with data.load_saliency)")
+            if feature_map.shape[-2] * feature_map.shape[-1] == 1:
+                raise ValueError("saliency needs a feature map larger than 1x1 (a softmax over "
+                                 "one position is constant): use larger images or a shallower "
+                                 "encoder")
             target = observations[SALIENCY]
             prediction = predicted_mask(feature_map, tuple(target.shape[-2:]),
                                         beta=self.saliency.beta,
