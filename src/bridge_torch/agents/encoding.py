@@ -24,7 +24,7 @@ class ObservationEncoder(nn.Module):
         super().__init__()
         self.goal_conditioned, self.use_proprio = goal_conditioned, use_proprio
         self.early = goal_conditioned and early_goal_concat
-        self.obs_horizon = obs_horizon
+        self.obs_horizon, self.image_size = obs_horizon, image_size
         self.encoder = ResNetEncoder(encoder, in_channels=6 if self.early else 3)
         self.goal_encoder: ResNetEncoder | None = None
         if goal_conditioned and not early_goal_concat and not shared_goal_encoder:

@@ -1,0 +1,144 @@
+"""``bridge-torch-eval``: offline validation of a trained run.
+
+Loads the run's config and a checkpoint strictly (missing or unexpected keys are errors), checks
+that the dataset's statistics (recomputed over the train split as the trainer does) match the
+checkpoint's, runs the full deterministic validation pass and reports the metrics next to the
+predict-the-training-mean baseline (action 0 in normalised units).
+
+    bridge-torch-eval runs/bridgedata_torch/gc_bc_... --json metrics.json --plot actions.png
+"""
+
+import argparse
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bridge_torch.batch import ACTIONS, GOALS, OBSERVATIONS
+from bridge_torch.checkpoint import restore_agent
+from bridge_torch.data.actions import denormalize
+from bridge_torch.data.sampler import iterate_validation
+from bridge_torch.distributed import DistInfo
+from bridge_torch.plots import grid, line_plot
+from bridge_torch.run_data import RunData, load_run_data
+from bridge_torch.validation import evaluate
+
+log = logging.getLogger(__name__)
+ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
+
+
+def statistics_mismatch(saved: dict, fresh: dict, rtol: float = 1e-4) -> list[str]:
+    """Names of the statistics that differ between a checkpoint and the dataset."""
+    problems = []
+    for group in ("actions", "proprio"):
+        for key in ("mean", "std"):
+            a, b = np.asarray(saved[group][key]), np.asarray(fresh[group][key])
+            if a.shape != b.shape or not np.allclose(a, b, rtol=rtol, atol=1e-7):
+                problems.append(f"{group}.{key}")
+    return problems
+
+
+def evaluate_run(run_dir: Path, *, checkpoint: Any = None, data_path: str | None = None,
+                 device: str = "cpu", batch_size: int | None = None,
+                 max_batches: int | None = None, allow_stats_mismatch: bool = False,
+                 use_ema: bool = True, plot: Path | None = None) -> dict[str, Any]:
+    """Validation metrics of a run's checkpoint on its val split (see module docstring)."""
+    restored = restore_agent(run_dir, checkpoint, device=device, use_ema=use_ema)
+    config = restored.config
+    if data_path is not None:
+        config = replace(config, data_path=str(data_path))
+    data = load_run_data(config, torch.device(device))
+    mismatch = statistics_mismatch(restored.stats, data.stats)
+    if mismatch and not allow_stats_mismatch:
+        raise ValueError(f"{restored.path}: the dataset's statistics differ from the checkpoint's "
+                         f"({', '.join(mismatch)}); is this the data the run was trained on? "
+                         "Pass --allow-stats-mismatch to evaluate with the checkpoint's statistics")
+    if mismatch:
+        data = load_run_data(config, torch.device(device), stats=restored.stats)
+    if data.val is None:
+        raise ValueError(f"{config.data_path}: no val split to evaluate on")
+    batch = batch_size or config.val_batch_size
+
+    def batches() -> Any:
+        return iterate_validation(data.val, config.data, batch, seed=config.seed,
+                                  max_batches=max_batches)
+
+    metrics = evaluate(restored.agent, batches(), seed=config.seed, info=DistInfo(),
+                       amp_dtype=None)
+    squares = [b[ACTIONS].float().pow(2).flatten(1).sum(1) for b in batches()]
+    metrics["baseline_mse"] = torch.cat(squares).mean().item()
+    if plot is not None:
+        plot_actions(restored.agent, data, config, plot)
+    return {"run_dir": str(run_dir), "checkpoint": str(restored.path), "step": restored.step,
+            "algo": config.algo, "transitions": data.val.num_transitions, **metrics}
+
+
+def plot_actions(agent: torch.nn.Module, data: RunData, config: Any, path: Path,
+                 transitions: int = 60) -> None:
+    """Predicted vs true (first chunk step, robot units) over the first val transitions."""
+    true, predicted = [], []
+    generator = torch.Generator(device=next(agent.parameters()).device).manual_seed(config.seed)
+    for batch in iterate_validation(data.val, config.data, transitions, seed=config.seed,
+                                    max_batches=1):
+        with torch.no_grad():
+            out = agent.sample_actions(batch[OBSERVATIONS], batch.get(GOALS), argmax=True,
+                                       generator=generator)
+        true = denormalize(batch[ACTIONS][:, 0].float().cpu().numpy(), data.stats["actions"],
+                           config.data.normalization_type)
+        predicted = denormalize(out[:, 0].float().cpu().numpy(), data.stats["actions"],
+                                config.data.normalization_type)
+    steps = list(range(len(true)))
+    boundaries = np.cumsum(data.val.traj_length.cpu().numpy())
+    markers = [float(b) for b in boundaries if b < len(true)]
+    panels = [line_plot({"true": (steps, true[:, d].tolist()),
+                         "predicted": (steps, predicted[:, d].tolist())},
+                        title=ACTION_NAMES[d] if d < len(ACTION_NAMES) else f"dim {d}",
+                        markers=markers) for d in range(true.shape[1])]
+    grid(panels, columns=2).save(path)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Plain-text table of the main metrics, one row per evaluated run."""
+    header = f"{'algo':<12} {'step':>7} {'val mse':>10} {'baseline':>10} {'ratio':>7}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        ratio = r["mse"] / r["baseline_mse"] if r["baseline_mse"] else float("nan")
+        lines.append(f"{r['algo']:<12} {r['step']:>7} {r['mse']:>10.4f} "
+                     f"{r['baseline_mse']:>10.4f} {ratio:>7.3f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--checkpoint", default=None, help="step or path; default: latest")
+    parser.add_argument("--data_path", "--data-path", default=None,
+                        help="evaluate on another copy of the data (default: the run's)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch_size", type=int, default=None)
+    parser.add_argument("--max_batches", type=int, default=None)
+    parser.add_argument("--no-ema", dest="use_ema", action="store_false",
+                        help="evaluate the trained weights instead of the EMA")
+    parser.add_argument("--allow-stats-mismatch", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="write the metrics here")
+    parser.add_argument("--plot", type=Path, default=None, help="PNG of predicted vs true actions")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    checkpoint = int(args.checkpoint) if args.checkpoint and args.checkpoint.isdigit() \
+        else args.checkpoint
+    result = evaluate_run(args.run_dir, checkpoint=checkpoint, data_path=args.data_path,
+                          device=args.device, batch_size=args.batch_size,
+                          max_batches=args.max_batches,
+                          allow_stats_mismatch=args.allow_stats_mismatch,
+                          use_ema=args.use_ema, plot=args.plot)
+    print(format_table([result]))
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
