@@ -1,28 +1,38 @@
-"""Shared fixtures: one small synthetic raw tree and its conversion, built once per session."""
+"""Shared fixtures: one small synthetic raw BridgeData tree and its conversion, built once.
+
+``raw_tree``: 2 tasks x 2 dated folders (after the latency cutoff) x 5 trajectories of 8-12
+frames, 240x320 JPEGs (one camera), lang.txt and saliency_map.pkl; convert it with ``--depth 5``.
+
+``converted_tree``: ``raw_tree`` converted in-process with ``--format both --saliency --im_size 32
+--train_proportion 0.8 --seed 0``, i.e. ``<root>/synthetic_lab/tabletop/<task>/00/{train,val}/
+{out.npy, packed/}`` with 8 train and 2 val trajectories per task.
+Both fixtures are session-scoped: treat them as read-only (copy before modifying).
+"""
 
 from pathlib import Path
 
 import pytest
 
 from bridge_torch.data.convert import ConvertOptions, convert
-from bridge_torch.data.synthetic import SyntheticSpec, generate_raw_dataset
+from bridge_torch.data.synthetic import generate_raw_dataset
 
-FIXTURE_IM_SIZE = 32  # converted image side used by the shared fixtures
+FIXTURE_IM_SIZE = 32  # side of the converted frames of ``converted_tree``
 
 
 @pytest.fixture(scope="session")
 def raw_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """2 tasks x 2 dated folders x 5 trajectories, 240x320 JPEGs, language and saliency."""
-    spec = SyntheticSpec(seed=0, num_tasks=2, dates_per_task=2, trajs_per_date=5,
-                         min_frames=8, max_frames=12, image_hw=(240, 320), with_saliency=True)
-    return generate_raw_dataset(tmp_path_factory.mktemp("raw"), spec)
+    """Root of a small synthetic raw tree (see the module docstring)."""
+    return generate_raw_dataset(tmp_path_factory.mktemp("raw"), seed=0, num_tasks=2,
+                                dates_per_task=2, trajs_per_date=5, min_len=8, max_len=12,
+                                image_hw=(240, 320), with_saliency=True)
 
 
 @pytest.fixture(scope="session")
 def converted_tree(raw_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``raw_tree`` converted with --format both --saliency at 32 px (train 0.8)."""
+    """Root of ``raw_tree`` converted to out.npy and packed stores (see the module docstring)."""
     out = tmp_path_factory.mktemp("converted")
     options = ConvertOptions(raw_tree, out, depth=5, train_proportion=0.8,
-                             im_size=FIXTURE_IM_SIZE, saliency=True, format="both")
-    convert(options, num_workers=1, progress=False)
+                             im_size=FIXTURE_IM_SIZE, saliency=True, seed=0, format="both")
+    reports = convert(options, num_workers=1, progress=False)
+    assert all(r.status == "converted" for r in reports), reports
     return out

@@ -18,40 +18,52 @@ NORMALIZATION_TYPES = ("normal", "bounds", "none")
 
 
 def binarize_gripper(gripper: np.ndarray) -> np.ndarray:
-    """Binarise a continuous gripper command as the JAX loader does.
+    """Binarise a continuous gripper command as the JAX loader does (reference-spec §6.3).
 
     Values > 0.95 become 1 and < 0.05 become 0; an intermediate value takes the value of the next
     non-intermediate step after it; a trailing run of intermediate values keeps the trajectory's
-    last raw value (not binarised), exactly as the original's reverse scan.
+    last raw value (not binarised), exactly as the original's reverse scan seeded with it.
+
+    Args:
+        gripper: float (T,) raw gripper commands of one trajectory.
+    Returns:
+        float32 (T,).
     """
     gripper = np.asarray(gripper, dtype=np.float32)
-    out = np.empty_like(gripper)
-    carry = gripper[-1] if gripper.size else np.float32(0.0)
-    for i in range(gripper.shape[0] - 1, -1, -1):
-        value = gripper[i]
-        if value > GRIPPER_OPEN_THRESHOLD:
-            carry = np.float32(1.0)
-        elif value < GRIPPER_CLOSED_THRESHOLD:
-            carry = np.float32(0.0)
-        out[i] = carry
-    return out
+    if gripper.ndim != 1:
+        raise ValueError(f"binarize_gripper expects a (T,) array, got shape {gripper.shape}")
+    steps = gripper.shape[0]
+    if steps == 0:
+        return gripper.copy()
+    decided = (gripper > GRIPPER_OPEN_THRESHOLD) | (gripper < GRIPPER_CLOSED_THRESHOLD)
+    # labels[T] is the scan's initial carry: the last raw value.
+    labels = np.append((gripper > GRIPPER_OPEN_THRESHOLD).astype(np.float32), gripper[-1])
+    # index of the first decided step at or after each step (T when there is none)
+    own_index = np.where(decided, np.arange(steps), steps)
+    next_decided = np.minimum.accumulate(own_index[::-1])[::-1]
+    return labels[next_decided]
 
 
 def relabel_actions(proprio: np.ndarray, actions: np.ndarray) -> np.ndarray:
-    """Return achieved actions: dims 0-5 = proprio deltas, dim 6 = binarised gripper.
+    """Return achieved actions: dims 0-5 = proprio deltas, last dim = binarised gripper.
+
+    Dims between 6 and the last (none for BridgeData's 7-D actions) are kept raw.
 
     Args:
-        proprio: float (T+1, P) robot state of every frame, P >= 6.
-        actions: float (T, A) raw commanded actions, A = 7.
+        proprio: float (T+1, P) robot state of every frame, P >= 6 (x, y, z, roll, pitch, yaw, ...).
+        actions: float (T, A) raw commanded actions, A >= 7, gripper last.
     Returns:
         float32 (T, A).
     """
-    if proprio.shape[0] != actions.shape[0] + 1:
-        raise ValueError(
-            f"relabel_actions expects T+1 proprio rows for T actions, got {proprio.shape[0]} "
-            f"and {actions.shape[0]}"
-        )
+    proprio, actions = np.asarray(proprio), np.asarray(actions)
+    if proprio.ndim != 2 or actions.ndim != 2 or proprio.shape[0] != actions.shape[0] + 1:
+        raise ValueError(f"relabel_actions expects proprio (T+1, P) and actions (T, A), got "
+                         f"{proprio.shape} and {actions.shape}")
+    if proprio.shape[1] < 6 or actions.shape[1] < 7:
+        raise ValueError(f"relabel_actions needs P >= 6 proprio dims and A >= 7 action dims "
+                         f"(6 deltas + gripper), got P={proprio.shape[1]}, A={actions.shape[1]}")
     out = np.array(actions, dtype=np.float32, copy=True)
+    proprio = proprio.astype(np.float64)  # raw states may be float64: subtract before rounding
     out[:, :6] = proprio[1:, :6] - proprio[:-1, :6]
     out[:, -1] = binarize_gripper(actions[:, -1])
     return out
@@ -96,9 +108,12 @@ def _check_kind(kind: str) -> None:
 
 
 def _as_like(values: list[float], x: Any) -> Any:
+    """Statistics as an array/tensor of ``x``'s float dtype and device (float32 for integers)."""
     if isinstance(x, torch.Tensor):
-        return torch.as_tensor(values, dtype=x.dtype, device=x.device)
-    return np.asarray(values, dtype=np.asarray(x).dtype)
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        return torch.as_tensor(values, dtype=dtype, device=x.device)
+    dtype = np.asarray(x).dtype
+    return np.asarray(values, dtype=dtype if np.issubdtype(dtype, np.floating) else np.float32)
 
 
 def normalize(x: Any, stats: dict[str, Any], kind: str = "normal") -> Any:

@@ -1,11 +1,23 @@
 """``bridge-torch-convert``: raw BridgeData -> ``<task>/{train,val}/out.npy`` and/or packed stores.
 
-Same flags and output as the original ``bridgedata_raw_to_numpy.py`` (spec §2-§3), plus:
-``--seed`` makes the per-dated-folder split reproducible; bad trajectories and folders are skipped
-with the reason logged and counted in a summary (nothing crashes the pool); no empty split
-directories; every output is written under a temporary name and renamed, and a collection is
-marked done only when all its outputs exist, so an interrupted run is simply re-run;
-``--format numpy|packed|both``.
+Same flags, output layout and out.npy bytes as the original ``bridgedata_raw_to_numpy.py``
+(reference-spec §2-§3, §5), with these differences:
+
+* ``--seed`` (default 0): each dated folder's train/val shuffle uses a generator keyed by the seed
+  and the folder's output-relative path, so the split is reproducible and independent of worker
+  scheduling (§16 item 9).
+* Bad trajectories and folders (see the reasons in ``raw.py`` and below) are skipped, each
+  logged with what was expected vs found and counted per reason in the summary printed at the
+  end; unexpected errors are logged with a traceback and counted too. Nothing crashes the pool.
+* No empty split directories (§16 item 10): a collection without val trajectories gets only
+  ``train/`` (logged) where the original wrote nothing at all.
+* Every output is written under a temporary name and renamed; ``conversion.json`` (settings and
+  counts) is written last, so a collection without it is unfinished: a re-run without
+  ``--overwrite`` skips finished collections and converts unfinished ones again.
+* Workers get all their inputs as arguments and start with ``spawn`` (§16 item 12);
+  ``--num_workers <= 1`` converts in-process.
+* ``--format packed|both`` writes ``<split>/packed/`` (``data/store.py``) from the same
+  trajectories; trajectories lacking one of ``--cameras`` are then skipped from both outputs.
 
 Usage::
 
@@ -13,210 +25,391 @@ Usage::
 """
 
 import argparse
-import datetime as dt
+import contextlib
+import functools
 import hashlib
 import json
 import logging
 import multiprocessing
 import shutil
+import sys
 from collections import Counter
-from dataclasses import dataclass
-from glob import glob
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from bridge_torch.data.legacy import legacy_to_trajectories, save_out_npy
-from bridge_torch.data.raw import BadTrajectory, read_trajectory
-from bridge_torch.data.store import write_store
+from bridge_torch.data.legacy import out_dict_to_trajectory, save_out_npy
+from bridge_torch.data.raw import (
+    CAMERA_DIR,
+    SkipFolder,
+    SkipTrajectory,
+    find_collections,
+    needs_latency_shift,
+    read_dated_folder,
+    read_trajectory,
+)
+from bridge_torch.data.store import write_json_atomic, write_store
 
 log = logging.getLogger(__name__)
-LATENCY_CUTOFF = dt.datetime(2021, 7, 23)
-DONE_MARKER = ".convert_done.json"
 FORMATS = ("numpy", "packed", "both")
+SPLITS = ("train", "val")
+OUT_FILE, PACKED_DIR, DONE_MARKER = "out.npy", "packed", "conversion.json"
+TEMP_PREFIXES = (f".{OUT_FILE}.tmp-", f".{PACKED_DIR}.tmp-", f".{PACKED_DIR}.old-")
+LOG_FORMAT = "%(levelname)s %(processName)s %(name)s: %(message)s"
+# statuses of a collection
+CONVERTED, ALREADY_DONE, EMPTY, FAILED = "converted", "already converted", "no output", "failed"
+# summary keys of skips found here (raw.py has those of the raw format)
+FOLDER_ERROR = "unexpected error in folder"
+UNEXPECTED = "unexpected error"
+MISSING_CAMERA = "lacks a --cameras camera"
 
 
 @dataclass(frozen=True)
 class ConvertOptions:
-    """Everything a worker needs, passed explicitly (no fork-only globals, bug 12)."""
+    """Settings of one conversion; passed to every worker explicitly (no fork-only globals)."""
 
     input_path: Path
     output_path: Path
-    depth: int = 5
-    train_proportion: float = 0.9
-    im_size: int = 128
-    saliency: bool = False
-    seed: int = 0
-    format: str = "numpy"
-    cameras: tuple[str, ...] = ("images0",)
+    depth: int = 5  # directory levels from input_path down to the dated folders
+    train_proportion: float = 0.9  # per dated folder: shuffled index i < int(n * p) -> train
+    im_size: int = 128  # frames are squashed to im_size x im_size (LANCZOS)
+    saliency: bool = False  # attach saliency_map.pkl as observation key "saliency"
+    seed: int = 0  # seed of the per-dated-folder train/val shuffle
+    format: str = "numpy"  # "numpy" (out.npy), "packed" (store) or "both"
+    cameras: tuple[str, ...] = ("images0",)  # cameras of packed stores
+    overwrite: bool = False  # convert collections again even when finished
+
+    def __post_init__(self) -> None:
+        checks = [(self.depth >= 1, f"depth must be >= 1, got {self.depth}"),
+                  (0.0 <= self.train_proportion <= 1.0,
+                   f"train_proportion must be in [0, 1], got {self.train_proportion}"),
+                  (self.im_size >= 1, f"im_size must be >= 1, got {self.im_size}"),
+                  (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
+                  (self.format in FORMATS, f"format must be one of {FORMATS}, got {self.format!r}"),
+                  (bool(self.cameras) and all(CAMERA_DIR.match(c) for c in self.cameras),
+                   f"cameras must be names like images0, got {list(self.cameras)}")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def settings(self) -> dict[str, Any]:
+        """What determines the output (recorded in conversion.json)."""
+        return {"im_size": self.im_size, "train_proportion": self.train_proportion,
+                "seed": self.seed, "saliency": self.saliency, "format": self.format,
+                "cameras": list(self.cameras)}
 
 
-def collection_dirs(input_path: Path, depth: int) -> list[Path]:
-    """Directories ``depth-1`` levels below ``input_path`` (``input_path`` itself for depth 1)."""
-    if depth <= 1:
-        return [input_path]
-    pattern = str(input_path / Path(*(["*"] * (depth - 1))))
-    return sorted(Path(p) for p in glob(pattern) if Path(p).is_dir())
+@dataclass
+class CollectionReport:
+    """What happened to one collection directory (returned by the workers)."""
+
+    collection: str
+    output_dir: str
+    status: str = CONVERTED
+    num_train: int = 0
+    num_val: int = 0
+    skipped_trajectories: Counter = field(default_factory=Counter)  # reason -> count
+    skipped_folders: Counter = field(default_factory=Counter)  # reason -> count
+    examples: dict[str, str] = field(default_factory=dict)  # reason -> first path skipped
+    without_saliency: int = 0  # kept trajectories whose saliency_map.pkl was unusable
+    error: str = ""
+
+    def skip(self, counter: Counter, reason: str, path: Path, detail: str) -> None:
+        log.warning("skipping %s (%s): %s", path, reason, detail)
+        counter[reason] += 1
+        self.examples.setdefault(reason, str(path))
 
 
-def output_dir(collection: Path, options: ConvertOptions) -> Path:
-    keep = max(options.depth - 1, 1)
-    return options.output_path / Path(*collection.parts[-keep:])
+def relative_output(collection: Path, depth: int) -> Path:
+    """The last ``max(depth - 1, 1)`` components of a collection path (§2)."""
+    return Path(*Path(collection).absolute().parts[-max(depth - 1, 1):])
 
 
-def _split_rng(options: ConvertOptions, dated: Path) -> np.random.Generator:
-    """A generator keyed by (seed, dated folder path relative to the input): worker-independent."""
-    key = f"{options.seed}:{dated.relative_to(options.input_path).as_posix()}"
-    return np.random.default_rng(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big"))
+def split_order(num_trajectories: int, seed: int, key: str) -> np.ndarray:
+    """Shuffled trajectory order of one dated folder, a function of (seed, key) only."""
+    digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+    return np.random.default_rng([seed, digest]).permutation(num_trajectories)
 
 
-def process_dated_folder(dated: Path, options: ConvertOptions,
-                         skipped: Counter) -> tuple[list[dict], list[dict]]:
-    """Convert one ``YYYY-MM-DD_HH-MM-SS`` folder; returns (train, val) trajectory lists."""
-    if "lmdb" in str(dated):
-        log.warning("skipping %s: lmdb data is not supported", dated)
-        skipped["lmdb folder"] += 1
-        return [], []
+def _read_one(traj_dir: Path, latency_shift: bool, options: ConvertOptions,
+              report: CollectionReport) -> dict[str, Any] | None:
+    """One trajectory's out.npy dict, or None (skip logged and counted)."""
     try:
-        date = dt.datetime.strptime(dated.name, "%Y-%m-%d_%H-%M-%S")
-    except ValueError:
-        log.warning("skipping %s: folder name is not a date YYYY-MM-DD_HH-MM-SS", dated)
-        skipped["non-date folder"] += 1
-        return [], []
-    trajs = sorted(Path(p) for p in glob(str(dated / "raw" / "traj_group*" / "traj*")))
-    if not trajs:
-        log.warning("no trajectories found in %s", dated)
-        skipped["folder without trajectories"] += 1
-        return [], []
-    order = _split_rng(options, dated).permutation(len(trajs))
-    num_train = int(len(trajs) * options.train_proportion)
-    train, val = [], []
-    for i, index in enumerate(order):
+        traj = read_trajectory(traj_dir, im_size=options.im_size, latency_shift=latency_shift,
+                               saliency=options.saliency)
+    except SkipTrajectory as skip:
+        report.skip(report.skipped_trajectories, skip.reason, traj_dir, skip.detail)
+        return None
+    except Exception as err:  # a bug or I/O error must cost one trajectory, not the run
+        log.exception("unexpected error reading %s", traj_dir)
+        report.skip(report.skipped_trajectories, UNEXPECTED, traj_dir,
+                    f"{type(err).__name__}: {err}")
+        return None
+    first = traj["observations"][0]
+    missing = [c for c in options.cameras if c not in first]
+    if options.format != "numpy" and missing:
+        report.skip(report.skipped_trajectories, MISSING_CAMERA, traj_dir,
+                    f"packed stores need cameras {list(options.cameras)}, missing {missing}")
+        return None
+    if options.saliency and "saliency" not in first:
+        report.without_saliency += 1
+    return traj
+
+
+def _read_dated_folder(folder: Path, collection: Path, options: ConvertOptions,
+                       report: CollectionReport) -> list[tuple[str, Path, dict[str, Any]]]:
+    """(split, trajectory dir, out dict) of every usable trajectory of one dated folder."""
+    try:
+        date, trajs = read_dated_folder(folder, folder.relative_to(options.input_path).as_posix())
+    except SkipFolder as skip:
+        report.skip(report.skipped_folders, skip.reason, folder, skip.detail)
+        return []
+    key = (relative_output(collection, options.depth) / folder.name).as_posix()
+    num_train = int(len(trajs) * options.train_proportion)  # the original's rule, same rounding
+    found = []
+    for rank, index in enumerate(split_order(len(trajs), options.seed, key)):
+        traj = _read_one(trajs[index], needs_latency_shift(date), options, report)
+        if traj is not None:
+            found.append(("train" if rank < num_train else "val", trajs[index], traj))
+    return found
+
+
+def _read_collection(collection: Path, options: ConvertOptions,
+                     report: CollectionReport) -> dict[str, list[tuple[Path, dict]]]:
+    """Trajectories of every dated folder, per split, in folder order then shuffled order."""
+    splits: dict[str, list[tuple[Path, dict]]] = {split: [] for split in SPLITS}
+    for folder in sorted(collection.iterdir()):
         try:
-            traj = read_trajectory(trajs[index], im_size=options.im_size,
-                                   latency_shift=date < LATENCY_CUTOFF, saliency=options.saliency)
-        except BadTrajectory as err:
-            log.warning("skipping trajectory %s (%s)", trajs[index], err)
-            skipped[err.reason] += 1
+            found = _read_dated_folder(folder, collection, options, report)
+        except Exception as err:  # one broken folder must not lose the collection
+            log.exception("unexpected error in %s", folder)
+            report.skip(report.skipped_folders, FOLDER_ERROR, folder,
+                        f"{type(err).__name__}: {err}")
             continue
-        (train if i < num_train else val).append(traj)
-    return train, val
+        for split, traj_dir, traj in found:
+            splits[split].append((traj_dir, traj))
+    return splits
 
 
-def convert_collection(collection: Path, options: ConvertOptions, overwrite: bool
-                       ) -> dict[str, Any]:
-    """Convert one collection directory; returns a summary (counts of written and skipped)."""
-    out = output_dir(collection, options)
-    summary: dict[str, Any] = {"collection": str(collection), "train": 0, "val": 0,
-                               "skipped": Counter(), "status": "done"}
-    if (out / DONE_MARKER).is_file() and not overwrite:
-        log.info("skipping %s: already converted (use --overwrite)", out)
-        summary["status"] = "already converted"
-        return summary
-    if out.exists():  # a previous run was interrupted, or --overwrite
-        shutil.rmtree(out)
-    splits: dict[str, list[dict]] = {"train": [], "val": []}
-    for dated in sorted(p for p in collection.iterdir() if p.is_dir()):
-        train, val = process_dated_folder(dated, options, summary["skipped"])
-        splits["train"] += train
-        splits["val"] += val
-    for split, trajs in splits.items():
-        summary[split] = len(trajs)
-        if trajs:
-            _write_split(out / split, trajs, options)
-        else:
-            log.warning("%s: no %s trajectories; writing no %s/ split", collection, split, split)
-    if splits["train"] or splits["val"]:
-        (out / DONE_MARKER).write_text(json.dumps({k: summary[k] for k in ("train", "val")}))
-    else:
-        summary["status"] = "empty"
-    return summary
+def _write_splits(out_dir: Path, splits: dict[str, list[tuple[Path, dict]]],
+                  options: ConvertOptions) -> dict[str, set[str]]:
+    """Write each non-empty split (out.npy before packed/); returns the names written per split."""
+    written: dict[str, set[str]] = {}
+    for split, items in splits.items():
+        if not items:
+            continue
+        split_dir, names = out_dir / split, written.setdefault(split, set())
+        if options.format in ("numpy", "both"):
+            save_out_npy(split_dir / OUT_FILE, [traj for _, traj in items])
+            names.add(OUT_FILE)
+        if options.format in ("packed", "both"):
+            source = {"kind": "raw BridgeData", "converter": "bridge-torch-convert",
+                      "input_path": str(Path(options.input_path).absolute()), "split": split,
+                      "dated_folders": sorted({str(d.parents[2]) for d, _ in items}),
+                      "settings": options.settings()}
+            trajectories = (out_dict_to_trajectory(traj, str(d)) for d, traj in items)
+            write_store(split_dir / PACKED_DIR, trajectories, cameras=options.cameras,
+                        source=source, progress=False)
+            names.add(PACKED_DIR)
+    return written
 
 
-def _write_split(split_dir: Path, trajs: list[dict], options: ConvertOptions) -> None:
-    split_dir.mkdir(parents=True, exist_ok=True)
-    if options.format in ("numpy", "both"):
-        save_out_npy(split_dir / "out.npy", trajs)
-    if options.format in ("packed", "both"):
-        source = {"converted_from": str(split_dir), "im_size": options.im_size}
-        write_store(split_dir / "packed", legacy_to_trajectories(trajs, split_dir),
-                    cameras=options.cameras, source=source, progress=False)
+def _remove_stale(out_dir: Path, written: dict[str, set[str]]) -> None:
+    """Remove our outputs this run did not write (old splits/formats, temp files), empty dirs."""
+    for split in SPLITS:
+        split_dir = out_dir / split
+        if not split_dir.is_dir():
+            continue
+        for entry in split_dir.iterdir():
+            ours = entry.name in (OUT_FILE, PACKED_DIR) or entry.name.startswith(TEMP_PREFIXES)
+            if ours and entry.name not in written.get(split, set()):
+                log.info("removing stale %s", entry)
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
-def _worker(job: tuple[Path, ConvertOptions, bool]) -> dict[str, Any]:
-    collection, options, overwrite = job
+def _prune_empty(out_dir: Path) -> None:
+    """Remove empty split directories and an empty collection output directory."""
+    for directory in [out_dir / split for split in SPLITS] + [out_dir]:
+        if directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+
+
+def _is_finished(out_dir: Path, options: ConvertOptions) -> bool:
+    """Whether to keep an earlier conversion (its marker exists and no --overwrite)."""
+    marker = out_dir / DONE_MARKER
+    if options.overwrite or not marker.is_file():
+        if marker.is_file():
+            marker.unlink()  # an interrupted --overwrite must not look finished
+        elif out_dir.exists():
+            log.warning("%s has no %s: an earlier run did not finish; converting again",
+                        out_dir, DONE_MARKER)
+        return False
     try:
-        return convert_collection(collection, options, overwrite)
+        settings = json.loads(marker.read_text())["settings"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("unreadable %s (%s): converting again", marker, err)
+        return False
+    differs = {k: (settings.get(k), v) for k, v in options.settings().items()
+               if settings.get(k) != v}
+    if differs:
+        log.warning("%s was converted with other settings (old, new): %s; keeping it (pass "
+                    "--overwrite to convert again)", out_dir, differs)
+    else:
+        log.info("%s is already converted; skipping (pass --overwrite to redo)", out_dir)
+    return True
+
+
+def convert_collection(collection: Path, options: ConvertOptions) -> CollectionReport:
+    """Convert one collection directory; never raises (errors are logged and reported)."""
+    out_dir = Path(options.output_path) / relative_output(collection, options.depth)
+    report = CollectionReport(str(collection), str(out_dir))
+    try:
+        if _is_finished(out_dir, options):
+            report.status = ALREADY_DONE
+            return report
+        splits = _read_collection(collection, options, report)
+        report.num_train, report.num_val = len(splits["train"]), len(splits["val"])
+        written = _write_splits(out_dir, splits, options)
+        _remove_stale(out_dir, written)
+        _prune_empty(out_dir)
+        if not written:
+            log.warning("%s: no usable trajectories; nothing written", collection)
+            report.status = EMPTY
+            return report
+        for split in set(SPLITS) - set(written):
+            log.warning("%s: no %s trajectories; writing only %s", collection, split,
+                        ", ".join(f"{s}/" for s in sorted(written)))
+        write_json_atomic(out_dir / DONE_MARKER, {
+            "settings": options.settings(), "collection": report.collection,
+            "num_train": report.num_train, "num_val": report.num_val,
+            "skipped_trajectories": dict(report.skipped_trajectories),
+            "skipped_folders": dict(report.skipped_folders),
+            "without_saliency": report.without_saliency})
     except Exception as err:  # report, never crash the pool
-        log.error("failed to convert %s: %s", collection, err)
-        return {"collection": str(collection), "train": 0, "val": 0, "status": "failed",
-                "skipped": Counter({f"collection error: {type(err).__name__}": 1})}
+        log.exception("failed to convert %s", collection)
+        report.status, report.error = FAILED, f"{type(err).__name__}: {err}"
+        with contextlib.suppress(OSError):
+            _prune_empty(out_dir)
+    return report
 
 
-def convert(options: ConvertOptions, *, num_workers: int = 8, overwrite: bool = False,
-            progress: bool = True) -> list[dict[str, Any]]:
-    """Convert every collection under ``options.input_path``; returns per-collection summaries."""
-    if not options.input_path.is_dir():
-        raise FileNotFoundError(f"--input_path {options.input_path} is not a directory")
-    collections = collection_dirs(options.input_path, options.depth)
+def convert(options: ConvertOptions, *, num_workers: int = 8,
+            progress: bool = True) -> list[CollectionReport]:
+    """Convert every collection under ``options.input_path``; reports sorted by collection.
+
+    Raises:
+        FileNotFoundError: input_path is not a directory.
+        ValueError: no collection directory at ``depth - 1`` levels below it.
+    """
+    if not Path(options.input_path).is_dir():
+        raise FileNotFoundError(f"input_path {options.input_path} is not a directory")
+    collections = find_collections(options.input_path, options.depth)
     if not collections:
         raise ValueError(f"no collection directories {options.depth - 1} levels below "
                          f"{options.input_path} (check --depth)")
-    jobs = [(c, options, overwrite) for c in collections]
-    bar = tqdm(total=len(jobs), desc="converting", unit="collection", disable=not progress)
-    results = []
-    if num_workers <= 1:
-        for job in jobs:
-            results.append(_worker(job))
+    log.info("converting %d collections; raw obs_dict.pkl/policy_out.pkl are pickles, so only "
+             "convert data you trust", len(collections))
+    bar = tqdm(total=len(collections), desc="converting", unit="collection",
+               disable=not progress)
+    reports = []
+    if num_workers <= 1 or len(collections) == 1:
+        for collection in collections:
+            reports.append(convert_collection(collection, options))
             bar.update()
     else:
-        with multiprocessing.get_context().Pool(num_workers) as pool:
-            for result in pool.imap_unordered(_worker, jobs):
-                results.append(result)
+        # spawn: workers inherit nothing (no fork-only globals, no forked threads); an executor,
+        # unlike multiprocessing.Pool, reports a killed worker instead of hanging
+        with ProcessPoolExecutor(min(num_workers, len(collections)),
+                                 mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=functools.partial(  # spawned: configure logging
+                                     logging.basicConfig, format=LOG_FORMAT,
+                                     level=logging.getLogger().getEffectiveLevel())) as pool:
+            futures = {pool.submit(convert_collection, c, options): c for c in collections}
+            for future in as_completed(futures):
+                reports.append(_result(future, futures[future], options))
                 bar.update()
     bar.close()
-    return sorted(results, key=lambda r: r["collection"])
+    return sorted(reports, key=lambda r: r.collection)
 
 
-def format_summary(results: list[dict[str, Any]]) -> str:
-    skipped: Counter = Counter()
-    for r in results:
-        skipped.update(r["skipped"])
-    lines = [f"collections: {len(results)} "
-             f"({Counter(r['status'] for r in results).most_common()})",
-             f"trajectories written: train {sum(r['train'] for r in results)}, "
-             f"val {sum(r['val'] for r in results)}",
-             f"skipped: {sum(skipped.values())}"]
-    lines += [f"  {count:5d}  {reason}" for reason, count in skipped.most_common()]
+def _result(future, collection: Path, options: ConvertOptions) -> CollectionReport:
+    """A worker's report, or a failed one when the worker process died."""
+    try:
+        return future.result()
+    except Exception as err:  # BrokenProcessPool: killed (e.g. out of memory), not a raise
+        log.error("worker converting %s died: %s", collection, err)
+        out_dir = Path(options.output_path) / relative_output(collection, options.depth)
+        return CollectionReport(str(collection), str(out_dir), status=FAILED,
+                                error=f"{type(err).__name__}: {err}")
+
+
+def _reason_lines(counts: Counter, examples: dict[str, str]) -> list[str]:
+    return [f"  {n:6d}  {reason}  (e.g. {examples[reason]})" for reason, n in
+            sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+
+
+def format_summary(reports: list[CollectionReport]) -> str:
+    """Human-readable totals: collections by status, trajectories per split, skips per reason."""
+    statuses = Counter(r.status for r in reports)
+    skipped_trajs, skipped_folders, examples = Counter(), Counter(), {}
+    for r in reports:
+        skipped_trajs.update(r.skipped_trajectories)
+        skipped_folders.update(r.skipped_folders)
+        examples = {**r.examples, **examples}
+    lines = [f"collections: {len(reports)} (" + ", ".join(
+                 f"{n} {status}" for status, n in sorted(statuses.items())) + ")",
+             f"trajectories written: train {sum(r.num_train for r in reports)}, "
+             f"val {sum(r.num_val for r in reports)}",
+             f"skipped trajectories: {sum(skipped_trajs.values())}",
+             *_reason_lines(skipped_trajs, examples),
+             f"skipped folders: {sum(skipped_folders.values())}",
+             *_reason_lines(skipped_folders, examples)]
+    without = sum(r.without_saliency for r in reports)
+    if without:
+        lines.append(f"kept without saliency (unusable saliency_map.pkl): {without}")
+    lines += [f"FAILED {r.collection}: {r.error}" for r in reports if r.status == FAILED]
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bridge-torch-convert",
+                                     description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--input_path", "--input-path", type=Path, required=True)
+    add("--input_path", "--input-path", type=Path, required=True, help="raw BridgeData root")
     add("--output_path", "--output-path", type=Path, required=True)
-    add("--depth", type=int, default=5, help="levels from input_path to the dated folders")
+    add("--depth", type=int, default=5, help="directory levels from input_path to dated folders")
     add("--train_proportion", "--train-proportion", type=float, default=0.9)
-    add("--num_workers", "--num-workers", type=int, default=8)
+    add("--num_workers", "--num-workers", type=int, default=8, help="<= 1: in-process")
     add("--im_size", "--im-size", type=int, default=128)
-    add("--overwrite", action="store_true")
+    add("--overwrite", action="store_true", help="convert finished collections again")
     add("--saliency", action="store_true", help="attach saliency_map.pkl as obs 'saliency'")
     add("--seed", type=int, default=0, help="seed of the per-dated-folder train/val split")
-    add("--format", choices=FORMATS, default="numpy")
+    add("--format", choices=FORMATS, default="numpy", help="out.npy, packed store, or both")
     add("--cameras", nargs="+", default=["images0"], help="cameras kept in packed stores")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (1 when a collection failed)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    if not 0.0 < args.train_proportion <= 1.0:
-        parser.error("--train_proportion must be in (0, 1]")
-    options = ConvertOptions(args.input_path, args.output_path, args.depth, args.train_proportion,
-                             args.im_size, args.saliency, args.seed, args.format,
-                             tuple(args.cameras))
-    results = convert(options, num_workers=args.num_workers, overwrite=args.overwrite)
-    print(format_summary(results))
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    try:
+        options = ConvertOptions(
+            args.input_path, args.output_path, depth=args.depth,
+            train_proportion=args.train_proportion, im_size=args.im_size,
+            saliency=args.saliency, seed=args.seed, format=args.format,
+            cameras=tuple(args.cameras), overwrite=args.overwrite)
+        reports = convert(options, num_workers=args.num_workers)
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
+    print(format_summary(reports))
+    return 1 if any(r.status == FAILED for r in reports) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,13 +1,17 @@
-"""The legacy ``out.npy`` format of the original tools (spec §5): a pickled list of trajectories.
+"""The legacy ``out.npy`` format of the original tools (reference-spec §5).
 
-Reading it executes pickle, so :func:`load_out_npy` says so (once per file) and is only used on
-the user's own data paths; training packs it once into a pickle-free store (``data/datasets.py``).
+An out.npy is ``np.save`` of a Python list of trajectory dicts, i.e. a pickled 1-D object array
+whose observations are lists of per-step dicts. Reading it executes pickle, so
+:func:`load_out_npy` says so (once per file and process) and is the only place in bridge-torch
+that passes ``allow_pickle=True``; training packs each file once into a pickle-free store
+(``data/datasets.py``) through :func:`legacy_to_trajectories`.
 """
 
+import functools
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,86 +20,141 @@ import numpy as np
 from bridge_torch.data.store import Trajectory
 
 log = logging.getLogger(__name__)
-TRAJECTORY_KEYS = ("observations", "next_observations", "actions", "terminals", "language")
-_warned: set[str] = set()
+STEP_KEYS = ("observations", "next_observations", "actions")  # required, one entry per step
+MAIN_CAMERA = "images0"
+CAMERA_PREFIX = "images"
+SALIENCY_KEY = "saliency"
 
 
 def save_out_npy(path: Path, trajectories: list[dict[str, Any]]) -> None:
-    """``np.save`` of the list (an object array), as the original converter does; atomic."""
+    """Write ``trajectories`` as the original converter does (``np.save`` of the list); atomic.
+
+    The bytes equal ``np.save(path, trajectories)``; they go to a temporary file in the same
+    directory that is renamed into place, so a crash never leaves a partial out.npy.
+    """
     path = Path(path)
-    array = np.empty(len(trajectories), dtype=object)
+    if not trajectories:
+        raise ValueError(f"{path}: refusing to write an out.npy without trajectories")
+    array = np.empty(len(trajectories), dtype=object)  # what np.asanyarray(list of dicts) gives
     array[:] = trajectories
-    fd, tmp = tempfile.mkstemp(prefix=".out.npy.tmp-", dir=path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=True)
-            f.flush()
-            os.fsync(f.fileno())
+        with os.fdopen(fd, "wb") as file:
+            np.save(file, array, allow_pickle=True)
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+@functools.cache
+def _warn_pickle(path: str) -> None:
+    """Log the pickle warning; cached so it appears once per file and process."""
+    log.warning("loading %s executes pickle (legacy out.npy format): only load files you trust; "
+                "training packs it once into a pickle-free store", path)
+
+
 def load_out_npy(path: Path) -> list[dict[str, Any]]:
-    """Load and validate a legacy out.npy. WARNING: this unpickles the file."""
+    """Load and validate a legacy out.npy. WARNING: this unpickles the file.
+
+    Returns:
+        The list of trajectory dicts (reference-spec §5).
+    Raises:
+        ValueError: unreadable file, not a 1-D object array, or a malformed trajectory (the
+            message names the file, the trajectory index and what was expected vs found).
+    """
     path = Path(path)
-    if str(path) not in _warned:
-        _warned.add(str(path))
-        log.warning("loading %s executes pickle (legacy out.npy format): only load files from "
-                    "your own data; it is packed once into a pickle-free store", path)
+    _warn_pickle(str(path.absolute()))
     try:
         array = np.load(path, allow_pickle=True)
-    except (OSError, ValueError, EOFError) as err:
-        raise ValueError(f"{path}: not a readable out.npy ({err})") from err
-    if array.dtype != object or array.ndim != 1:
-        raise ValueError(f"{path}: expected a 1-D object array of trajectory dicts, "
-                         f"found dtype {array.dtype} shape {array.shape}")
+    except Exception as err:  # np.load of a pickle can raise nearly any exception type
+        raise ValueError(f"{path}: not a readable out.npy ({type(err).__name__}: {err})") from err
+    if not isinstance(array, np.ndarray) or array.dtype != object or array.ndim != 1:
+        found = (array.dtype, array.shape) if isinstance(array, np.ndarray) else type(array)
+        raise ValueError(f"{path}: expected a 1-D object array (np.save of a list of trajectory "
+                         f"dicts), found {found}")
     trajectories = list(array)
     for i, traj in enumerate(trajectories):
-        _validate(traj, f"{path}#{i}")
+        validate_out_trajectory(traj, f"{path} trajectory {i}")
     return trajectories
 
 
-def _validate(traj: Any, where: str) -> None:
+def _check_step(step: Any, where: str, image_shape: tuple | None) -> tuple:
+    """One observation dict: a uint8 (S, S, 3) ``images0`` and a ``state``; returns the shape."""
+    if not isinstance(step, dict) or MAIN_CAMERA not in step or "state" not in step:
+        found = sorted(step) if isinstance(step, dict) else type(step).__name__
+        raise ValueError(f"{where}: expected a dict with '{MAIN_CAMERA}' and 'state', "
+                         f"found {found}")
+    image = step[MAIN_CAMERA]
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 \
+            or image.shape[2] != 3 or (image_shape is not None and image.shape != image_shape):
+        found = (image.dtype, image.shape) if isinstance(image, np.ndarray) else type(image)
+        wanted = image_shape or "(S, S, 3)"
+        raise ValueError(f"{where}: expected {MAIN_CAMERA} uint8 {wanted}, found {found}")
+    return image.shape
+
+
+def validate_out_trajectory(traj: Any, where: str) -> None:
+    """Raise ValueError (prefixed with ``where``) unless ``traj`` follows the §5 schema."""
     if not isinstance(traj, dict):
         raise ValueError(f"{where}: expected a trajectory dict, found {type(traj).__name__}")
-    missing = [k for k in TRAJECTORY_KEYS[:3] if k not in traj]
+    missing = [key for key in STEP_KEYS if key not in traj]
     if missing:
-        raise ValueError(f"{where}: missing keys {missing} (has {sorted(traj)})")
-    lengths = {k: len(traj[k]) for k in TRAJECTORY_KEYS[:3]}
+        raise ValueError(f"{where}: missing keys {missing} (found {sorted(traj)})")
+    for key in STEP_KEYS:
+        if not isinstance(traj[key], list | tuple | np.ndarray):
+            raise ValueError(f"{where}: expected {key} to be a list, found "
+                             f"{type(traj[key]).__name__}")
+    lengths = {key: len(traj[key]) for key in STEP_KEYS}
     if len(set(lengths.values())) != 1 or lengths["actions"] == 0:
-        raise ValueError(f"{where}: observations, next_observations and actions must have the "
-                         f"same non-zero length, found {lengths}")
-    first = traj["observations"][0]
-    if not isinstance(first, dict) or "images0" not in first or "state" not in first:
-        raise ValueError(f"{where}: observations must be dicts with 'images0' and 'state'")
-    image = np.asarray(first["images0"])
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"{where}: images0 must be uint8 (S, S, 3), found {image.dtype} "
-                         f"{image.shape}")
+        raise ValueError(f"{where}: expected observations, next_observations and actions of one "
+                         f"non-zero length, found {lengths}")
+    image_shape = None
+    for key in ("observations", "next_observations"):
+        for t, step in enumerate(traj[key]):
+            image_shape = _check_step(step, f"{where} {key}[{t}]", image_shape)
+    language = traj.get("language", [])
+    if not isinstance(language, list | tuple) or not all(isinstance(s, str) for s in language):
+        raise ValueError(f"{where}: expected language to be a list of str, found {language!r}")
 
 
-def _stack(observations: list[dict], last: dict, key: str) -> np.ndarray:
-    return np.stack([np.asarray(o[key]) for o in observations] + [np.asarray(last[key])])
+def _stack(steps: list[dict[str, Any]], key: str) -> np.ndarray:
+    return np.stack([np.asarray(step[key]) for step in steps])
 
 
-def legacy_to_trajectories(trajectories: list[dict[str, Any]], path: Path
+def out_dict_to_trajectory(traj: dict[str, Any], source: str) -> Trajectory:
+    """One out.npy trajectory as a :class:`Trajectory` with every frame stored once.
+
+    Frames and proprio are the observations plus the last next_observation (T+1 rows for T
+    actions); cameras are the ``images<N>`` keys present in every step; saliency is kept when
+    every step has it; the ``[""]`` language placeholder becomes ``[]``.
+    """
+    steps = [*traj["observations"], traj["next_observations"][-1]]
+    cameras = [key for key in steps[0] if key.startswith(CAMERA_PREFIX)
+               and key[len(CAMERA_PREFIX):].isdigit() and all(key in s for s in steps)]
+    saliency = None
+    has_saliency = [SALIENCY_KEY in step for step in steps]
+    if all(has_saliency):
+        maps = _stack(steps, SALIENCY_KEY).astype(np.float32)
+        saliency = maps.reshape(maps.shape[:3])  # (T+1, S, S, 1) -> (T+1, S, S)
+    elif any(has_saliency):
+        log.warning("%s: only %d of %d steps have saliency; using none for this trajectory",
+                    source, sum(has_saliency), len(steps))
+    return Trajectory(
+        frames={camera: _stack(steps, camera) for camera in cameras},
+        proprio=_stack(steps, "state").astype(np.float32),
+        actions=np.stack([np.asarray(a, dtype=np.float32) for a in traj["actions"]]),
+        language=[line for line in traj.get("language", []) if line.strip()],
+        saliency=saliency,
+        source=source,
+    )
+
+
+def legacy_to_trajectories(trajectories: Iterable[dict[str, Any]], path: Path
                            ) -> Iterator[Trajectory]:
-    """Frames stored once: the observations plus the last next_observation (T+1 frames)."""
+    """Trajectories of one out.npy, lazily, each with source ``"<path>#<index>"``."""
     for i, traj in enumerate(trajectories):
-        obs, last = traj["observations"], traj["next_observations"][-1]
-        cameras = [k for k in obs[0] if k.startswith("images")
-                   and all(k in o for o in obs) and k in last]
-        saliency = None
-        if all("saliency" in o for o in obs) and "saliency" in last:
-            saliency = _stack(obs, last, "saliency").astype(np.float32).reshape(
-                len(obs) + 1, *np.asarray(obs[0]["saliency"]).shape[:2])
-        yield Trajectory(
-            frames={c: _stack(obs, last, c).astype(np.uint8) for c in cameras},
-            proprio=_stack(obs, last, "state").astype(np.float32),
-            actions=np.asarray(traj["actions"], dtype=np.float32),
-            language=[s for s in traj.get("language", []) if s],
-            saliency=saliency,
-            source=f"{path}#{i}",
-        )
+        yield out_dict_to_trajectory(traj, f"{path}#{i}")

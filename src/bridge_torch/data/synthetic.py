@@ -1,233 +1,375 @@
-"""Synthetic BridgeData: a raw tree in the real layout (spec §1) that a policy can learn.
+"""Synthetic raw BridgeData: learnable toy scenes written in the real on-disk layout (spec §1).
 
-Each trajectory shows a coloured target at a random position and an end-effector marker that
-moves toward it with noisy motion, descends, closes its gripper near the target (through
-intermediate values, so the §6.3 binarisation is exercised) and lifts. The marker's size encodes
-height and its fill the gripper state, so motion and gripper are visible in the frames; the goal
-image (the final frame) shows where the marker ends. Everything derives from the seed: the same
-seed gives byte-identical trees.
+Each trajectory is a scripted reach-and-grasp seen from above: a textured table, a block in the
+task's colour at a random position, and a white end-effector marker whose radius encodes the
+height z and whose ring thickness the gripper opening (thin ring = open, filled disc = closed).
+The marker moves toward the block with noisy proportional steps, descends, closes the gripper
+through intermediate commands (so the §6.3 binarisation is exercised) and lifts the block.
+End-effector x, y map linearly to pixels, so a policy conditioned on the image (and a goal image)
+can learn the commanded motion ``[dx, dy, dz, droll, dpitch, dyaw, gripper]``; ``full_state``
+integrates it with noise. Dated folders before 2021-07-23 (``dates_before_cutoff``) show each
+state one frame late, the camera delay the converter's latency shift compensates.
+
+Everything derives from the seed (one generator per folder and trajectory, keyed by its
+indices), so the same arguments give byte-identical trees.
 
 Usage::
 
-    bridge-torch-synthetic --out /tmp/raw --seed 0 --tasks 2 --trajectories 10
+    bridge-torch-synthetic --out_dir raw/ --seed 0 --num_tasks 2 --trajs_per_date 10
+    bridge-torch-convert --input_path raw/ --output_path data/ --im_size 64
 """
 
 import argparse
 import datetime as dt
 import io
 import json
-import logging
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-log = logging.getLogger(__name__)
-WORKSPACE_LOW = np.array([0.10, -0.15, 0.02])  # x, y, z metres (spec §14.1 bounds)
-WORKSPACE_HIGH = np.array([0.45, 0.25, 0.25])
-LATENCY_CUTOFF = dt.datetime(2021, 7, 23)
-INSTRUCTIONS = ("put the gripper on the {color} target", "reach the {color} marker and grasp it")
-COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "yellow": (230, 200, 40)}
+from bridge_torch.data.raw import LATENCY_CUTOFF
+
+LAB, ENVIRONMENT, COLLECTION = "synthetic_lab", "tabletop", "00"
+WORKSPACE_LOW = np.array([0.15, -0.15, 0.02])  # end-effector x, y, z bounds in metres
+WORKSPACE_HIGH = np.array([0.40, 0.15, 0.20])
+GRASP_Z = 0.04  # height at which the gripper closes
+IMAGE_MARGIN = 0.08  # fraction of the image left around the workspace
+STEP_SECONDS = 0.2  # time between frames (the robot's 5 Hz control rate)
+COLORS = {"red": (210, 40, 40), "blue": (40, 70, 210), "yellow": (225, 200, 30),
+          "purple": (150, 50, 170), "orange": (240, 130, 20), "cyan": (30, 190, 200)}
+MARKER_COLOR = (250, 250, 250)
+INSTRUCTIONS = ("pick up the {color} block", "grasp the {color} block and lift it",
+                "move the gripper to the {color} block and pick it up")
+NO_DETECTION_PROBABILITY = 0.1  # saliency frames left all-zero, as the real producer does
+PICKLE_PROTOCOL = 4  # fixed, so the bytes do not depend on the Python version
 
 
-@dataclass
-class SyntheticSpec:
-    """What to generate; small defaults keep tests fast."""
-
-    seed: int = 0
-    num_tasks: int = 2  # task directories <lab>/<env>/<task>/00
-    dates_per_task: int = 2  # dated collection folders per task
-    trajs_per_date: int = 5
-    min_frames: int = 14  # frames per trajectory (T); T-1 transitions
-    max_frames: int = 22
-    cameras: int = 1  # images0 .. images{cameras-1}
-    image_hw: tuple[int, int] = (480, 640)
-    with_lang: bool = True
-    with_saliency: bool = False
-    with_depth: bool = False
-    before_cutoff: bool = False  # dated folders before 2021-07-23 (latency-shifted by converters)
+def _task_name(task: int) -> tuple[str, str]:
+    color = list(COLORS)[task % len(COLORS)]
+    suffix = f"_{task}" if task >= len(COLORS) else ""
+    return color, f"pick_up_{color}_block{suffix}"
 
 
-def _to_pixels(xy: np.ndarray, hw: tuple[int, int]) -> tuple[float, float]:
-    """Map end-effector (x, y) metres to (row, col): x grows down the image, y to the right."""
+def _to_pixels(xy: np.ndarray, hw: tuple[int, int], camera: int) -> np.ndarray:
+    """(..., 2) x, y metres -> (..., 2) row, col pixels; other cameras see the table rotated."""
     frac = (xy - WORKSPACE_LOW[:2]) / (WORKSPACE_HIGH[:2] - WORKSPACE_LOW[:2])
-    return float(frac[0] * (hw[0] - 1)), float(frac[1] * (hw[1] - 1))
+    if camera % 2:
+        frac = np.stack([frac[..., 1], 1.0 - frac[..., 0]], axis=-1)
+    span = np.array(hw, dtype=np.float64) - 1
+    return (IMAGE_MARGIN + (1 - 2 * IMAGE_MARGIN) * frac) * span
 
 
-def _simulate(rng: np.random.Generator, frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return (target xy, full_state (T, 7), commanded actions (T-1, 7)).
+def _simulate(rng: np.random.Generator, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scripted reach-grasp-lift with noisy commands.
 
-    Approach in xy, descend once close, close the gripper over three steps, then lift.
+    Returns:
+        full_state float64 (T, 7), commanded actions float64 (T-1, 7), block xy (T, 2).
     """
-    target = rng.uniform(WORKSPACE_LOW[:2] + 0.05, WORKSPACE_HIGH[:2] - 0.05)
-    state = np.zeros((frames, 7))
-    start = target
-    while np.linalg.norm(start - target) < 0.15:  # start visibly away from the target
+    target = rng.uniform(WORKSPACE_LOW[:2] + 0.03, WORKSPACE_HIGH[:2] - 0.03)
+    start = rng.uniform(WORKSPACE_LOW[:2], WORKSPACE_HIGH[:2])
+    while np.linalg.norm(start - target) < 0.08:  # start visibly away from the block
         start = rng.uniform(WORKSPACE_LOW[:2], WORKSPACE_HIGH[:2])
-    state[0, :2], state[0, 2], state[0, 6] = start, rng.uniform(0.12, 0.2), 1.0
-    actions = np.zeros((frames - 1, 7))
-    closing = 0
-    for t in range(frames - 1):
+    state = np.zeros((steps, 7))
+    state[0] = [*start, rng.uniform(0.10, 0.18), *rng.normal(0.0, 0.05, 3), 1.0]
+    actions = np.zeros((steps - 1, 7))
+    approach = max(1, round(0.6 * (steps - 1)))
+    gripper_commands = np.r_[np.ones(approach), 0.6, 0.25, np.zeros(steps)][:steps - 1]
+    block = np.tile(target, (steps, 1))
+    for t in range(steps - 1):
         pos = state[t, :3]
-        to_target = target - pos[:2]
-        distance = np.linalg.norm(to_target)
-        if closing == 0 and distance < 0.03 and pos[2] < 0.07:
-            closing = 1
-        move = np.zeros(3)
-        if closing == 0:
-            move[:2] = np.clip(0.45 * to_target, -0.04, 0.04)
-            move[2] = -0.035 if distance < 0.09 else 0.0
+        if t < approach:
+            goal = np.r_[target, GRASP_Z]
+            move = (goal - pos) / (approach - t) + rng.normal(0.0, 0.002, 3)
         else:
-            move[2] = 0.03
-            closing += 1
-        gripper = (1.0, 1.0, 0.6, 0.3)[closing] if closing < 4 else 0.0
-        actions[t, :3] = move + rng.normal(0, 0.003, 3)
-        actions[t, 3:6] = rng.normal(0, 0.01, 3)
-        actions[t, 6] = gripper
-        state[t + 1, :3] = np.clip(pos + actions[t, :3] + rng.normal(0, 0.001, 3),
-                                   WORKSPACE_LOW, WORKSPACE_HIGH)
-        state[t + 1, 3:6] = state[t, 3:6] + actions[t, 3:6]
-        state[t + 1, 6] = gripper
-    return target, state, actions
+            move = rng.normal(0.0, 0.002, 3) + (t >= approach + 2) * np.array([0, 0, 0.03])
+        actions[t, :3] = move
+        actions[t, 3:6] = -0.2 * state[t, 3:6] + rng.normal(0.0, 0.02, 3)
+        actions[t, 6] = gripper_commands[t]
+        state[t + 1, :3] = np.clip(pos + move * (1 + rng.normal(0.0, 0.03)) +
+                                   rng.normal(0.0, 0.001, 3), WORKSPACE_LOW, WORKSPACE_HIGH)
+        state[t + 1, 3:6] = state[t, 3:6] + actions[t, 3:6] + rng.normal(0.0, 0.002, 3)
+        state[t + 1, 6] = state[t, 6] + 0.7 * (gripper_commands[t] - state[t, 6])
+        if state[t + 1, 6] < 0.5:  # grasped: the block moves with the gripper
+            block[t + 1] = state[t + 1, :2]
+    return state, actions, block
 
 
-def _render(state: np.ndarray, target: np.ndarray, color: tuple[int, int, int],
-            background: np.ndarray) -> np.ndarray:
-    """One uint8 (H, W, 3) frame: background, target disk, end-effector marker."""
+def _background(rng: np.random.Generator, hw: tuple[int, int]) -> np.ndarray:
+    """A wood-like table: base colour, low-frequency blotches and grain stripes, uint8 (H, W, 3)."""
+    base = np.array([150, 115, 80]) + rng.integers(-25, 25, 3)
+    blotch = Image.fromarray(rng.uniform(-20, 20, (6, 8)).astype(np.float32))
+    blotch = np.asarray(blotch.resize((hw[1], hw[0]), Image.Resampling.BILINEAR))
+    rows = np.arange(hw[0])[:, None]
+    grain = 8 * np.sin(rows * (2 * np.pi / max(hw[0] / 24, 2)) + rng.uniform(0, 2 * np.pi))
+    table = base[None, None] + (blotch + grain)[..., None]
+    return np.clip(table, 0, 255).astype(np.uint8)
+
+
+def _disc(image: np.ndarray, center: np.ndarray, radius: float, color: tuple[int, int, int],
+          inner: float = 0.0) -> None:
+    """Paint a disc (a ring when ``inner`` >= 1 px) in place, touching only its bounding box."""
+    top, left = (np.floor(center - radius)).astype(int).clip(0)
+    bottom, right = np.minimum(np.ceil(center + radius).astype(int) + 1, image.shape[:2])
+    rows, cols = np.ogrid[top:bottom, left:right]
+    dist2 = (rows - center[0]) ** 2 + (cols - center[1]) ** 2
+    mask = dist2 <= radius**2
+    if inner >= 1.0:  # a sub-pixel hole would leave a stray background dot
+        mask &= dist2 >= inner**2
+    image[top:bottom, left:right][mask] = color
+
+
+def _render(background: np.ndarray, state: np.ndarray, block: np.ndarray,
+            color: tuple[int, int, int], camera: int) -> np.ndarray:
+    """One frame: table, block (square), end-effector marker (size = z, fill = gripper)."""
     hw = background.shape[:2]
-    img = background.copy()
-    rows, cols = np.ogrid[:hw[0], :hw[1]]
-    scale = hw[0] / 480
-    tr, tc = _to_pixels(target, hw)
-    img[(rows - tr) ** 2 + (cols - tc) ** 2 <= (55 * scale) ** 2] = color
-    er, ec = _to_pixels(state[:2], hw)
-    radius = (30 + 150 * state[2]) * scale  # higher = bigger
-    dist2 = (rows - er) ** 2 + (cols - ec) ** 2
-    marker = dist2 <= radius**2
-    if state[6] < 0.5:  # closed gripper: a ring
-        marker &= dist2 >= (0.55 * radius) ** 2
-    img[marker] = (30, 60, 220)
-    return img
+    image = background.copy()
+    scale = min(hw)
+    center = _to_pixels(block, hw, camera)
+    half = 0.08 * scale
+    top, left = np.round(center - half).astype(int).clip(0)
+    image[top:int(center[0] + half), left:int(center[1] + half)] = color
+    z = (state[2] - WORKSPACE_LOW[2]) / (WORKSPACE_HIGH[2] - WORKSPACE_LOW[2])
+    radius = scale * (0.07 + 0.08 * z)
+    opening = float(np.clip(state[6], 0.0, 1.0))
+    _disc(image, _to_pixels(state[:2], hw, camera), radius, MARKER_COLOR,
+          inner=radius * 0.6 * opening)
+    return image
 
 
-def _saliency(state: np.ndarray, target: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """float32 (1, H, W) Gaussian blob at the target, min-max normalised (spec §3 producer)."""
-    rows, cols = np.ogrid[:hw[0], :hw[1]]
-    tr, tc = _to_pixels(target, hw)
-    sigma = 20 * hw[0] / 480
-    blob = np.exp(-((rows - tr) ** 2 + (cols - tc) ** 2) / (2 * sigma**2))
-    return (blob / blob.max()).astype(np.float32)[None]
+def _saliency(block: np.ndarray, hw: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """float32 (T, 1, H, W): Gaussian at the block (camera 0), max 1; some frames all-zero."""
+    sigma = 0.05 * min(hw)
+    maps = np.zeros((len(block), 1, *hw), np.float32)
+    for t, (row, col) in enumerate(_to_pixels(block, hw, 0)):
+        if rng.uniform() < NO_DETECTION_PROBABILITY:
+            continue
+        blob = np.outer(np.exp(-0.5 * ((np.arange(hw[0]) - row) / sigma) ** 2),
+                        np.exp(-0.5 * ((np.arange(hw[1]) - col) / sigma) ** 2))
+        maps[t, 0] = blob / blob.max()
+    return maps
 
 
-def _write_jpeg(path: Path, frame: np.ndarray) -> None:
+def _transform(pose: np.ndarray) -> np.ndarray:
+    """4x4 homogeneous transform of [x, y, z, roll, pitch, yaw] (R = Rz Ry Rx)."""
+    (cr, cp, cy), (sr, sp, sy) = np.cos(pose[3:6]), np.sin(pose[3:6])
+    matrix = np.eye(4)
+    matrix[:3, :3] = [[cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
+                      [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
+                      [-sp, cp * sr, cp * cr]]
+    matrix[:3, 3] = pose[:3]
+    return matrix
+
+
+def _obs_dict(rng: np.random.Generator, state: np.ndarray, actions: np.ndarray,
+              start_time: float) -> dict[str, np.ndarray]:
+    """obs_dict.pkl: every key of the robot stack's raw saver, with plausible shapes (§1)."""
+    steps = len(state)
+    joints = state[:, :6] @ rng.normal(0.0, 1.0, (6, 6))  # fake but consistent joint angles
+    time_stamp = start_time + STEP_SECONDS * np.arange(steps) + rng.uniform(0, 0.01, steps)
+    desired = state.copy()
+    desired[1:, :6] = state[:-1, :6] + actions[:, :6]
+    desired[1:, 6] = actions[:, 6]
+    bounds = np.r_[WORKSPACE_HIGH, np.pi, 1.0]
+    return {"full_state": state, "state": state.copy(), "qpos": joints,
+            "qvel": np.gradient(joints, STEP_SECONDS, axis=0),
+            "joint_effort": rng.normal(0.0, 0.1, (steps, 6)), "desired_state": desired,
+            "time_stamp": time_stamp, "eef_transform": np.stack([_transform(s) for s in state]),
+            "high_bound": np.tile(bounds, (steps, 1)),
+            "low_bound": np.tile(np.r_[WORKSPACE_LOW, -np.pi, 0.0], (steps, 1)),
+            "env_done": np.zeros(steps, dtype=bool),
+            "t_get_obs": rng.uniform(0.005, 0.02, steps)}
+
+
+def _policy_out(state: np.ndarray, actions: np.ndarray) -> list[dict]:
+    """policy_out.pkl as VR-teleop data: a list of T-1 dicts with ``actions`` (§1)."""
+    return [{"actions": action, "new_robot_transform": _transform(state[t, :6] + action[:6]),
+             "delta_robot_transform": _transform(action[:6]), "policy_type": "VRTeleopPolicy"}
+            for t, action in enumerate(actions)]
+
+
+def _encode(image: np.ndarray, fmt: str) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format="JPEG", quality=90)
-    path.write_bytes(buffer.getvalue())
+    Image.fromarray(image).save(buffer, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
 
 
-def _write_pickle(path: Path, payload: object) -> None:
-    path.write_bytes(pickle.dumps(payload, protocol=4))
+def _pickle(path: Path, payload: object) -> None:
+    path.write_bytes(pickle.dumps(payload, protocol=PICKLE_PROTOCOL))
 
 
-def _write_trajectory(traj_dir: Path, rng: np.random.Generator, spec: SyntheticSpec,
-                      when: dt.datetime) -> None:
-    frames = int(rng.integers(spec.min_frames, spec.max_frames + 1))
-    target, state, actions = _simulate(rng, frames)
-    color_name = list(COLORS)[int(rng.integers(len(COLORS)))]
-    base = rng.integers(90, 140, size=3)
-    noise = rng.integers(-12, 12, size=(*spec.image_hw, 1))
-    background = np.clip(base + noise, 0, 255).astype(np.uint8)
-    for camera in range(spec.cameras):
-        cam_dir = traj_dir / f"images{camera}"
-        cam_dir.mkdir(parents=True)
-        for t in range(frames):
-            frame = _render(state[t], target, COLORS[color_name], background)
-            _write_jpeg(cam_dir / f"im_{t}.jpg", frame if camera == 0 else frame[:, ::-1])
-    if spec.with_depth:
-        (traj_dir / "depth_images0").mkdir()
-        for t in range(frames):
-            Image.fromarray(np.zeros(spec.image_hw, np.uint8)).save(
-                traj_dir / "depth_images0" / f"im_{t}.png")
-    stamps = when.timestamp() + 0.2 * np.arange(frames)
-    _write_pickle(traj_dir / "obs_dict.pkl", {
-        "full_state": state, "state": state.copy(), "qpos": rng.normal(size=(frames, 6)),
-        "qvel": rng.normal(size=(frames, 6)), "joint_effort": rng.normal(size=(frames, 6)),
-        "desired_state": state.copy(), "time_stamp": stamps,
-        "eef_transform": np.tile(np.eye(4), (frames, 1, 1)),
-        "high_bound": np.tile(np.r_[WORKSPACE_HIGH, 1.57, 1.0], (frames, 1)),
-        "low_bound": np.tile(np.r_[WORKSPACE_LOW, -1.57, 0.0], (frames, 1)),
-        "env_done": np.zeros(frames, bool), "t_get_obs": stamps + 0.01,
-    })
-    _write_pickle(traj_dir / "policy_out.pkl", [
-        {"actions": a, "new_robot_transform": np.eye(4), "delta_robot_transform": np.eye(4),
-         "policy_type": "VRTeleopPolicy"} for a in actions])
-    _write_pickle(traj_dir / "agent_data.pkl", {"traj_ok": True})
-    if spec.with_lang:
-        instruction = INSTRUCTIONS[int(rng.integers(len(INSTRUCTIONS)))].format(color=color_name)
-        (traj_dir / "lang.txt").write_text(f"{instruction}\nconfidence: 1\n")
-    if spec.with_saliency:
-        maps = np.concatenate([_saliency(s, target, spec.image_hw) for s in state])[:, None]
-        maps[rng.uniform(size=frames) < 0.15] = 0.0  # frames without a detection
-        _write_pickle(traj_dir / "saliency_map.pkl", maps.astype(np.float32))
+def _write_trajectory(traj_dir: Path, rng: np.random.Generator, *, steps: int, color: str,
+                      backgrounds: list[np.ndarray], delayed: bool, start_time: float,
+                      with_lang: bool, with_saliency: bool, with_depth: bool) -> np.ndarray:
+    """Write one ``traj<i>`` folder; returns the end-effector xy path (for diagnostics.png)."""
+    state, actions, block = _simulate(rng, steps)
+    shown = np.maximum(np.arange(steps) - 1, 0) if delayed else np.arange(steps)
+    lighting = rng.uniform(0.9, 1.1)
+    for camera, background in enumerate(backgrounds):
+        lit = np.clip(background * lighting, 0, 255).astype(np.uint8)
+        camera_dir = traj_dir / f"images{camera}"
+        camera_dir.mkdir(parents=True)
+        for t, s in enumerate(shown):
+            frame = _render(lit, state[s], block[s], COLORS[color], camera)
+            (camera_dir / f"im_{t}.jpg").write_bytes(_encode(frame, "JPEG"))
+    if with_depth:
+        depth_dir = traj_dir / "depth_images0"
+        depth_dir.mkdir()
+        for t, s in enumerate(shown):  # uint16 millimetres: table at 600, marker nearer
+            depth = np.full(backgrounds[0].shape[:2], 600, np.uint16)
+            _disc(depth, _to_pixels(state[s, :2], depth.shape, 0), 0.05 * min(depth.shape),
+                  int(600 - 1000 * state[s, 2]))
+            (depth_dir / f"im_{t}.png").write_bytes(_encode(depth, "PNG"))
+    _pickle(traj_dir / "obs_dict.pkl", _obs_dict(rng, state, actions, start_time))
+    _pickle(traj_dir / "policy_out.pkl", _policy_out(state, actions))
+    _pickle(traj_dir / "agent_data.pkl", {"traj_ok": True, "term_t": steps - 1,
+                                          "policy_type": "ScriptedReachGraspPolicy"})
+    if with_lang:
+        lines = [INSTRUCTIONS[i].format(color=color) for i in
+                 sorted(rng.choice(len(INSTRUCTIONS), size=1 + (rng.uniform() < 0.2),
+                                   replace=False))]
+        lines.append(f"confidence: {rng.uniform(0.8, 1.0):.3f}")
+        (traj_dir / "lang.txt").write_text("\n".join(lines) + "\n")
+    if with_saliency:
+        _pickle(traj_dir / "saliency_map.pkl",
+                _saliency(block[shown], backgrounds[0].shape[:2], rng))
+    return state[:, :2]
 
 
-def generate_raw_dataset(out_dir: Path, spec: SyntheticSpec | None = None,
+def _diagnostics(paths: list[np.ndarray]) -> bytes:
+    """A small PNG of every trajectory's xy path (the real folders carry a diagnostics plot)."""
+    image = np.full((96, 96, 3), 255, np.uint8)
+    for i, path in enumerate(paths):
+        for row, col in np.round(_to_pixels(path, (96, 96), 0)).astype(int):
+            image[row, col] = list(COLORS.values())[i % len(COLORS)]
+    return _encode(image, "PNG")
+
+
+def _folder_date(seed: int, task: int, index: int, before_cutoff: bool) -> dt.datetime:
+    """Dated folder names, unique per task, before or after the latency cutoff."""
+    rng = np.random.default_rng([seed, task, index, 0, int(before_cutoff)])
+    base = dt.datetime(2021, 1, 4, 9) if before_cutoff else dt.datetime(2022, 3, 14, 9)
+    when = base + dt.timedelta(days=4 * index + task % 4, seconds=int(rng.integers(0, 8 * 3600)))
+    if before_cutoff and when >= LATENCY_CUTOFF:
+        raise ValueError(f"dates_before_cutoff={index + 1} does not fit before {LATENCY_CUTOFF}")
+    return when
+
+
+def _write_dated_folder(folder: Path, *, seed: int, task: int, index: int, when: dt.datetime,
+                        options: dict, bar: tqdm) -> None:
+    """One ``YYYY-MM-DD_HH-MM-SS`` folder: metadata, diagnostics and its trajectories."""
+    color, name = _task_name(task)
+    rng = np.random.default_rng([seed, task, index])
+    hw = options["image_hw"]
+    backgrounds = [_background(rng, hw) for _ in range(options["cameras"])]
+    start = (when - dt.datetime(1970, 1, 1)).total_seconds()  # timezone-independent
+    paths = []
+    for i in range(options["trajs_per_date"]):
+        traj_rng = np.random.default_rng([seed, task, index, i + 1])
+        steps = int(traj_rng.integers(options["min_len"], options["max_len"] + 1))
+        paths.append(_write_trajectory(
+            folder / "raw" / "traj_group0" / f"traj{i}", traj_rng, steps=steps, color=color,
+            backgrounds=backgrounds, delayed=when < LATENCY_CUTOFF, start_time=start + 60 * i,
+            with_lang=options["with_lang"], with_saliency=options["with_saliency"],
+            with_depth=options["with_depth"]))
+        bar.update()
+    metadata = {"date": when.isoformat(), "robot": "widowx_synthetic", "environment": ENVIRONMENT,
+                "task": name, "camera_type": "synthetic top-down", "num_cameras":
+                options["cameras"], "policy_desc": "scripted reach, grasp and lift",
+                "generator": "bridge-torch-synthetic", "seed": seed}
+    config = {"camera_topics": [f"/cam{c}/image_raw" for c in range(options["cameras"])],
+              "image_height": hw[0], "image_width": hw[1], "move_duration": STEP_SECONDS,
+              "workspace_low": WORKSPACE_LOW.tolist(), "workspace_high": WORKSPACE_HIGH.tolist()}
+    (folder / "collection_metadata.json").write_text(json.dumps(metadata, indent=1) + "\n")
+    (folder / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+    (folder / "diagnostics.png").write_bytes(_diagnostics(paths))
+
+
+def generate_raw_dataset(out_dir: Path, *, seed: int, num_tasks: int = 2,
+                         dates_per_task: int = 2, trajs_per_date: int = 5, min_len: int = 14,
+                         max_len: int = 22, cameras: int = 1, with_lang: bool = True,
+                         with_saliency: bool = False, with_depth: bool = False,
+                         image_hw: tuple[int, int] = (480, 640), dates_before_cutoff: int = 0,
                          progress: bool = False) -> Path:
-    """Write a raw BridgeData tree under ``out_dir`` and return it.
+    """Write a raw BridgeData tree and return ``out_dir`` (convert it with ``--depth 5``).
 
-    Layout: ``synthetic_lab/toykitchen_sim/reach_target_<k>/00/<YYYY-MM-DD_HH-MM-SS>/raw/
-    traj_group0/traj<i>/`` (depth 5 for the converter), plus the collection's JSON files.
+    Layout: ``out_dir/synthetic_lab/tabletop/pick_up_<color>_block/00/<YYYY-MM-DD_HH-MM-SS>/``
+    with ``collection_metadata.json``, ``config.json``, ``diagnostics.png`` and
+    ``raw/traj_group0/traj<i>/{images<c>/im_<t>.jpg, obs_dict.pkl, policy_out.pkl,
+    agent_data.pkl, [lang.txt], [saliency_map.pkl], [depth_images0/im_<t>.png]}``.
+
+    Args:
+        seed: everything derives from it; the same arguments give byte-identical files.
+        min_len, max_len: frames per trajectory T (inclusive range); T-1 transitions.
+        image_hw: raw frame (height, width); the real data is (480, 640).
+        dates_before_cutoff: how many of each task's dated folders predate 2021-07-23 (their
+            frames lag the state by one step, which the converter's latency shift undoes).
     """
-    spec = spec or SyntheticSpec()
+    if num_tasks < 1 or dates_per_task < 1 or trajs_per_date < 1 or cameras < 1:
+        raise ValueError("num_tasks, dates_per_task, trajs_per_date and cameras must be >= 1")
+    if not 2 <= min_len <= max_len:
+        raise ValueError(f"need 2 <= min_len <= max_len, got {min_len}, {max_len}")
+    if min(image_hw) < 16 or not 0 <= dates_before_cutoff <= dates_per_task:
+        raise ValueError(f"need image_hw >= 16 px and 0 <= dates_before_cutoff <= "
+                         f"dates_per_task, got {image_hw}, {dates_before_cutoff}")
+    options = {"trajs_per_date": trajs_per_date, "min_len": min_len, "max_len": max_len,
+               "cameras": cameras, "with_lang": with_lang, "with_saliency": with_saliency,
+               "with_depth": with_depth, "image_hw": tuple(image_hw)}
     out_dir = Path(out_dir)
-    rng = np.random.default_rng(spec.seed)
-    start = dt.datetime(2021, 5, 3, 10) if spec.before_cutoff else dt.datetime(2022, 3, 14, 9)
-    jobs = [(k, d, i) for k in range(spec.num_tasks) for d in range(spec.dates_per_task)
-            for i in range(spec.trajs_per_date)]
-    for k, d, i in tqdm(jobs, desc="synthetic", unit="traj", disable=not progress):
-        when = start + dt.timedelta(days=k, hours=d)
-        dated = (out_dir / "synthetic_lab" / "toykitchen_sim" / f"reach_target_{k}" / "00"
-                 / when.strftime("%Y-%m-%d_%H-%M-%S"))
-        if i == 0:
-            (dated / "raw").mkdir(parents=True, exist_ok=True)
-            meta = {"robot": "widowx", "camera_type": "synthetic", "task": f"reach_target_{k}"}
-            (dated / "collection_metadata.json").write_text(json.dumps(meta))
-            (dated / "config.json").write_text(json.dumps({"seed": spec.seed}))
-        traj_dir = dated / "raw" / "traj_group0" / f"traj{i}"
-        traj_dir.mkdir(parents=True, exist_ok=True)
-        _write_trajectory(traj_dir, rng, spec, when)
+    total = num_tasks * dates_per_task * trajs_per_date
+    with tqdm(total=total, desc="synthetic", unit="traj", disable=not progress) as bar:
+        for task in range(num_tasks):
+            collection = out_dir / LAB / ENVIRONMENT / _task_name(task)[1] / COLLECTION
+            for index in range(dates_per_task):
+                before = index < dates_before_cutoff
+                when = _folder_date(seed, task, index if before else index - dates_before_cutoff,
+                                    before)
+                folder = collection / when.strftime("%Y-%m-%d_%H-%M-%S")
+                folder.mkdir(parents=True)
+                _write_dated_folder(folder, seed=seed, task=task, index=index, when=when,
+                                    options=options, bar=bar)
     return out_dir
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", "--output_path", dest="out", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tasks", type=int, default=2)
-    parser.add_argument("--dates", type=int, default=2, help="dated folders per task")
-    parser.add_argument("--trajectories", type=int, default=10, help="per dated folder")
-    parser.add_argument("--min_frames", type=int, default=14)
-    parser.add_argument("--max_frames", type=int, default=22)
-    parser.add_argument("--cameras", type=int, default=1)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--saliency", action="store_true", help="write saliency_map.pkl")
-    parser.add_argument("--depth_images", action="store_true", help="write depth_images0/")
-    parser.add_argument("--before_cutoff", action="store_true",
-                        help="date folders before 2021-07-23 (latency-shifted on conversion)")
+def main(argv: list[str] | None = None) -> int:
+    """``bridge-torch-synthetic``: write a synthetic raw tree."""
+    parser = argparse.ArgumentParser(prog="bridge-torch-synthetic",
+                                     description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--out_dir", "--out-dir", "--output_path", "--output-path", type=Path, required=True)
+    add("--seed", type=int, default=0)
+    add("--num_tasks", "--num-tasks", type=int, default=2)
+    add("--dates_per_task", "--dates-per-task", type=int, default=2)
+    add("--trajs_per_date", "--trajs-per-date", type=int, default=10)
+    add("--min_len", "--min-len", type=int, default=14, help="frames per trajectory, at least")
+    add("--max_len", "--max-len", type=int, default=22, help="frames per trajectory, at most")
+    add("--cameras", type=int, default=1)
+    add("--image_height", "--image-height", type=int, default=480)
+    add("--image_width", "--image-width", type=int, default=640)
+    add("--no_lang", "--no-lang", action="store_true", help="write no lang.txt")
+    add("--saliency", action="store_true", help="write saliency_map.pkl")
+    add("--depth_images", "--depth-images", action="store_true", help="write depth_images0/")
+    add("--dates_before_cutoff", "--dates-before-cutoff", type=int, default=0,
+        help="dated folders per task before 2021-07-23 (latency-shifted on conversion)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    spec = SyntheticSpec(seed=args.seed, num_tasks=args.tasks, dates_per_task=args.dates,
-                         trajs_per_date=args.trajectories, min_frames=args.min_frames,
-                         max_frames=args.max_frames, cameras=args.cameras,
-                         image_hw=(args.height, args.width), with_saliency=args.saliency,
-                         with_depth=args.depth_images, before_cutoff=args.before_cutoff)
-    generate_raw_dataset(args.out, spec, progress=True)
-    print(f"raw dataset: {args.out}")
+    if args.out_dir.exists() and any(args.out_dir.iterdir()):
+        parser.error(f"--out_dir {args.out_dir} exists and is not empty")
+    try:
+        generate_raw_dataset(
+            args.out_dir, seed=args.seed, num_tasks=args.num_tasks,
+            dates_per_task=args.dates_per_task, trajs_per_date=args.trajs_per_date,
+            min_len=args.min_len, max_len=args.max_len, cameras=args.cameras,
+            with_lang=not args.no_lang, with_saliency=args.saliency,
+            with_depth=args.depth_images, image_hw=(args.image_height, args.image_width),
+            dates_before_cutoff=args.dates_before_cutoff, progress=True)
+    except ValueError as err:
+        parser.error(str(err))
+    print(f"wrote a synthetic raw BridgeData tree to {args.out_dir} "
+          f"(convert with: bridge-torch-convert --input_path {args.out_dir} --depth 5 ...)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

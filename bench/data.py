@@ -1,0 +1,188 @@
+"""Data-pipeline benchmark: sampling, gathering and augmentation throughput, and dataset opening.
+
+Run:  python bench/data.py [--device cpu cuda] [--batch-size 256] [--image-size 128]
+                           [--obs-horizons 1 2] [--seconds 3] [--json results.json]
+
+Builds a synthetic packed store (random frames) in a temporary directory, then measures
+samples/s of (a) ``TransitionSampler.sample`` (index arithmetic + gather) and (b) sample +
+``Augmenter`` for each observation horizon and device (CUDA when present): the median over
+windows of ``--seconds / 5`` after a warm-up, synchronising the device at every window edge. It
+also times opening a split from a legacy ``out.npy`` the first time (pack into the cache) and
+again (cache hit), against opening the packed store directly, each in a fresh subprocess that
+reports its own peak RSS. Prints a table; the last line is the results as one JSON object.
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bridge_torch.data.augment import AugmentConfig, Augmenter
+from bridge_torch.data.datasets import open_split
+from bridge_torch.data.legacy import save_out_npy
+from bridge_torch.data.sampler import SamplerConfig, TrainingData, TransitionSampler
+from bridge_torch.data.store import Trajectory, open_store, write_store
+
+WINDOWS = 5  # measurement windows per configuration; the median is reported
+WARMUP_BATCHES = 3
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", nargs="+", default=None,
+                        help="devices to measure (default: cpu, and cuda when available)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--obs-horizons", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--act-pred-horizon", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
+    parser.add_argument("--trajectories", type=int, default=100)
+    parser.add_argument("--traj-length", type=int, default=40, help="transitions per trajectory")
+    parser.add_argument("--skip-open", action="store_true", help="skip the dataset-opening part")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--open-child", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def synthetic_trajectories(count: int, length: int, image_size: int, seed: int = 0):
+    """Random frames and smooth random proprio; enough structure for every code path."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        frames = rng.integers(0, 256, (length + 1, image_size, image_size, 3), dtype=np.uint8)
+        proprio = np.cumsum(rng.normal(0, 0.01, (length + 1, 7)), axis=0).astype(np.float32)
+        actions = rng.uniform(-1, 1, (length, 7)).astype(np.float32)
+        yield Trajectory(frames={"images0": frames}, proprio=proprio, actions=actions,
+                         language=["synthetic"], source=f"synthetic#{i}")
+
+
+def throughput(step, batch_size: int, seconds: float, device: torch.device) -> float:
+    """Median samples/s of ``step()`` over WINDOWS windows after a warm-up."""
+    for _ in range(WARMUP_BATCHES):
+        step()
+    rates = []
+    for _ in range(WINDOWS):
+        _synchronize(device)
+        start, batches = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds / WINDOWS or batches == 0:
+            step()
+            batches += 1
+        _synchronize(device)
+        rates.append(batches * batch_size / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_sampling(store_path: Path, args: argparse.Namespace) -> list[dict]:
+    store = open_store(store_path)
+    stats = {"actions": store.stats["actions_relabeled"], "proprio": store.stats["proprio"]}
+    devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    results = []
+    for name in devices:
+        device = torch.device(name)
+        for horizon in args.obs_horizons:
+            cfg = SamplerConfig(obs_horizon=horizon, act_pred_horizon=args.act_pred_horizon)
+            data = TrainingData.from_stores([[store]], stats, cfg, device)
+            sampler = TransitionSampler(data, cfg, seed=0)
+            augmenter = Augmenter(AugmentConfig(), seed=0)
+            steps = {"sample+gather": lambda s=sampler: s.sample(args.batch_size),
+                     "sample+gather+augment":
+                         lambda s=sampler, a=augmenter: a(s.sample(args.batch_size))}
+            for what, step in steps.items():
+                rate = throughput(step, args.batch_size, args.seconds, device)
+                results.append({"device": str(device), "obs_horizon": horizon, "what": what,
+                                "samples_per_s": round(rate, 1),
+                                "ms_per_batch": round(1000 * args.batch_size / rate, 3)})
+                print(f"{device!s:6s} K={horizon}  {what:24s} {rate:10.0f} samples/s  "
+                      f"{1000 * args.batch_size / rate:8.2f} ms/batch", flush=True)
+    return results
+
+
+def legacy_trajectories(count: int, length: int, image_size: int) -> list[dict]:
+    """The same synthetic data in the out.npy schema (reference-spec §5)."""
+    out = []
+    for traj in synthetic_trajectories(count, length, image_size, seed=1):
+        frames, state = traj.frames["images0"], traj.proprio.astype(np.float64)
+        steps = [{"images0": frames[t], "state": state[t], "time_stamp": float(t)}
+                 for t in range(length + 1)]
+        out.append({"observations": steps[:-1], "next_observations": steps[1:],
+                    "actions": list(traj.actions), "terminals": [0] * length,
+                    "language": traj.language})
+    return out
+
+
+def measure_open(workdir: Path, args: argparse.Namespace) -> list[dict]:
+    """Open a split from out.npy (first: pack; second: cached) and a packed store directly."""
+    task = workdir / "legacy_task"
+    (task / "train").mkdir(parents=True)
+    trajs = legacy_trajectories(args.trajectories, args.traj_length, args.image_size)
+    save_out_npy(task / "train" / "out.npy", trajs)
+    del trajs
+    packed = workdir / "direct_store"
+    write_store(packed, synthetic_trajectories(args.trajectories, args.traj_length,
+                                               args.image_size, seed=1), progress=False)
+    runs = [("python + imports only", "baseline", workdir),
+            ("out.npy, first open (pack)", "split", task),
+            ("out.npy, cached", "split", task),
+            ("packed store, direct", "store", packed)]
+    results = []
+    for label, mode, path in runs:
+        child = subprocess.run([sys.executable, __file__, "--open-child", mode, str(path)],
+                               capture_output=True, text=True, check=True)
+        report = json.loads(child.stdout.strip().splitlines()[-1])
+        results.append({"what": label, **report})
+        print(f"{label:30s} {report['seconds']:8.2f} s   "
+              f"peak RSS {report['peak_rss_mib']:8.0f} MiB", flush=True)
+    return results
+
+
+def open_child(mode: str, path: str) -> None:
+    """Runs in the subprocess: open, touch every trajectory's index, report time and peak RSS."""
+    start = time.perf_counter()
+    if mode == "split":
+        store = open_split(Path(path), "train")
+    elif mode == "store":
+        store = open_store(Path(path))
+    if mode != "baseline":
+        int(store.traj_length.sum())
+    seconds = time.perf_counter() - start
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"seconds": round(seconds, 3), "peak_rss_mib": round(peak_mib, 1)}))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.open_child:
+        open_child(*args.open_child)
+        return {}
+    header = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+              "batch_size": args.batch_size, "image_size": args.image_size,
+              "act_pred_horizon": args.act_pred_horizon,
+              "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    print(" ".join(f"{k}={v}" for k, v in header.items()), flush=True)
+    with tempfile.TemporaryDirectory(prefix="bridge_torch_bench_") as tmp:
+        workdir = Path(tmp)
+        store_path = write_store(workdir / "bench_store", synthetic_trajectories(
+            args.trajectories, args.traj_length, args.image_size), progress=False)
+        results = {**header, "sampling": measure_sampling(store_path, args)}
+        if not args.skip_open:
+            results["open"] = measure_open(workdir, args)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    print(json.dumps(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

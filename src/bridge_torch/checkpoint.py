@@ -1,0 +1,180 @@
+"""Checkpoints: plain dicts of tensors and primitives, written atomically, loaded weights-only.
+
+A checkpoint ``<run_dir>/ckpt_<step>.pt`` holds everything needed to continue a run exactly and
+to deploy it: ``step``, ``config`` (resolved, plain containers), ``stats`` (normalisation),
+``agent_shapes`` (the data dimensions the agent was built for), ``model`` and ``ema`` (state
+dicts of the raw agent — never a compiled or DDP-wrapped module), ``optimizer``, ``scheduler``,
+``scaler``, ``model_summary``, and one entry per rank in ``rng``, ``sampler`` and ``augmenter``.
+Loading uses ``torch.load(weights_only=True)``: no pickled objects, no code execution.
+"""
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bridge_torch.agents import build_agent
+from bridge_torch.config import TrainConfig, load_config
+
+CHECKPOINT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
+REQUIRED_KEYS = ("step", "config", "stats", "agent_shapes", "model", "ema")
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / f"ckpt_{step}.pt"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoints, oldest (smallest step) first."""
+    found = []
+    for path in Path(run_dir).iterdir():
+        match = CHECKPOINT_RE.match(path.name)
+        if match and path.is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint with the largest step, or None when the run has none yet."""
+    checkpoints = list_checkpoints(run_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def save(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically: temp file in the same dir, fsync, rename.
+
+    A crash mid-write leaves at most a stray ``.tmp`` file; the final name only ever holds a
+    complete checkpoint, and an earlier checkpoint is never touched.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # make the rename itself durable
+    finally:
+        os.close(directory)
+
+
+def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True`` and check it has the keys we rely on."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    missing = [key for key in REQUIRED_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise ValueError(f"{path} is not a bridge-torch checkpoint: missing keys {missing}")
+    return state
+
+
+def prune(run_dir: Path, keep_last: int | None) -> list[Path]:
+    """Delete all but the ``keep_last`` newest checkpoints (None keeps all); return the removed."""
+    if keep_last is None:
+        return []
+    checkpoints = list_checkpoints(run_dir)
+    removed = checkpoints[: max(len(checkpoints) - keep_last, 0)]
+    for path in removed:
+        path.unlink()
+    return removed
+
+
+def load_module_state(module: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
+    """``load_state_dict`` strictly, naming every missing, unexpected or mis-shaped key."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [
+        f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(own[key].shape)}"
+        for key in sorted(set(own) & set(state))
+        if state[key].shape != own[key].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected}")
+    if mismatched:
+        problems.append(f"shape mismatches {mismatched}")
+    if problems:
+        what = f"{source} does not fit this {type(module).__name__}"
+        raise ValueError(f"{what}: " + "; ".join(problems))
+    module.load_state_dict(state, strict=True)
+
+
+@dataclass
+class RestoredAgent:
+    """A trained agent ready for inference, with what a deployment needs to use it."""
+
+    agent: nn.Module  # in eval mode, on the requested device
+    config: TrainConfig  # the run's config
+    stats: dict  # normalisation statistics {"actions": {...}, "proprio": {...}}
+    step: int  # updates the weights had seen
+    path: Path  # the checkpoint file
+
+
+def resolve_checkpoint(run_dir: Path, checkpoint: str | Path | int | None) -> Path:
+    """None -> the latest checkpoint; an int -> ``ckpt_<int>.pt``; a path -> that file."""
+    if checkpoint is None:
+        path = latest_checkpoint(run_dir)
+        if path is None:
+            raise FileNotFoundError(f"no ckpt_<step>.pt in run directory {run_dir}")
+        return path
+    if isinstance(checkpoint, int):
+        return checkpoint_path(run_dir, checkpoint)
+    path = Path(checkpoint)
+    return path if path.is_absolute() else Path(run_dir) / path
+
+
+def restore_agent(
+    run_dir: str | Path,
+    checkpoint: str | Path | int | None = None,
+    *,
+    device: str | torch.device,
+    use_ema: bool = True,
+) -> RestoredAgent:
+    """Rebuild the run's agent and load a checkpoint's weights into it, strictly.
+
+    Args:
+        run_dir: a run directory (holds config.yaml and ckpt_<step>.pt files).
+        checkpoint: None (latest), a step, or a checkpoint path (relative to run_dir or absolute).
+        device: where the agent goes.
+        use_ema: load the EMA weights when the run kept an EMA (else the trained weights).
+    Raises:
+        ValueError: the checkpoint was trained with another algo or action dimension than the
+            run's config/statistics, or its weights do not fit the agent (names the keys).
+    """
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / "config.yaml")
+    path = resolve_checkpoint(run_dir, checkpoint)
+    state = load(path)
+    saved_algo = state["config"].get("algo")
+    if saved_algo != config.algo:
+        raise ValueError(
+            f"{path} was trained with algo {saved_algo!r} but {run_dir} is a {config.algo!r} run"
+        )
+    shapes = state["agent_shapes"]
+    run_stats = json.loads((run_dir / "stats.json").read_text())
+    run_action_dim = len(run_stats["actions"]["mean"])
+    if shapes["action_dim"] != run_action_dim:
+        raise ValueError(
+            f"{path} has action_dim {shapes['action_dim']} but the run {run_dir} was trained "
+            f"on {run_action_dim}-dimensional actions (stats.json)"
+        )
+    agent = build_agent(config.algo, config.model, config.encoder, config.saliency, **shapes)
+    weights_key = "ema" if use_ema and state["ema"] is not None else "model"
+    load_module_state(agent, state[weights_key], source=f"{path} [{weights_key}]")
+    agent.to(device).eval()
+    return RestoredAgent(agent, config, state["stats"], int(state["step"]), path)

@@ -1,0 +1,300 @@
+"""The training configuration: one typed, validated dataclass tree mapped onto Hydra's YAML.
+
+``TrainConfig`` is registered in Hydra's ConfigStore as ``train_schema``; ``conf/config.yaml``
+lists it first in its defaults, so every YAML file and every command-line override is checked
+against these types (unknown keys and wrong types fail at composition), and each dataclass's
+``__post_init__`` checks values when the composed config becomes a ``TrainConfig``.
+Defaults are the JAX ``train_config.py`` values (reference-spec §11.5) unless a comment says why.
+The model, encoder, saliency, sampler and augmentation sections are the owners' dataclasses.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from bridge_torch.agents import AGENTS
+from bridge_torch.agents.base import AgentConfig
+from bridge_torch.data.augment import AugmentConfig
+from bridge_torch.data.sampler import SamplerConfig
+from bridge_torch.models.resnet import EncoderConfig
+from bridge_torch.models.saliency import SaliencyConfig
+
+CONFIG_GROUPS = ("algo", "bridgedata")  # Hydra groups under conf/; fixed for a run on resume
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+@dataclass
+class BridgeDataConfig:
+    """Which task directories under ``data_path`` to train on (reference-spec §6.1)."""
+
+    # list of sub-datasets, each a list of glob patterns relative to data_path ("**" = any depth);
+    # default: every task directory holding a train split (the `all_local` preset)
+    include: list[list[str]] = field(default_factory=lambda: [["**"]])
+    # fnmatch patterns of task directories to drop (JAX default [])
+    exclude: list[str] = field(default_factory=list)
+    # one weight per include entry, summing to 1; None = uniform over sub-datasets (JAX default)
+    sample_weights: Optional[list[float]] = None
+
+    def __post_init__(self) -> None:
+        if not self.include or any(not patterns for patterns in self.include):
+            raise ValueError(
+                f"bridgedata.include needs non-empty pattern lists, got {self.include}"
+            )
+        if self.sample_weights is not None:
+            weights = list(self.sample_weights)
+            if len(weights) != len(self.include):
+                raise ValueError(
+                    f"bridgedata.sample_weights has {len(weights)} entries but include has "
+                    f"{len(self.include)} sub-datasets"
+                )
+            if any(w < 0 for w in weights) or abs(sum(weights) - 1.0) > 1e-6:
+                raise ValueError(
+                    f"bridgedata.sample_weights must be >= 0 and sum to 1, got {weights}"
+                )
+
+
+@dataclass
+class DataConfig(SamplerConfig):
+    """The sampler's settings plus the augmentation applied to every training batch."""
+
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # reference-spec §9.1
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adam"  # "adam" (JAX) | "adamw"
+    lr: float = 3e-4  # peak learning rate (JAX 3e-4)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # (b1, b2), JAX optax
+    eps: float = 1e-8  # JAX optax default
+    weight_decay: float = 0.0  # JAX: none
+    max_grad_norm: Optional[float] = None  # global-norm clipping; None = off (JAX: none)
+
+    def __post_init__(self) -> None:
+        if self.name not in ("adam", "adamw"):
+            raise ValueError(f"optimizer.name must be 'adam' or 'adamw', got {self.name!r}")
+        if self.lr <= 0 or self.eps <= 0 or self.weight_decay < 0:
+            raise ValueError("optimizer.lr and optimizer.eps must be > 0, weight_decay >= 0")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"optimizer.betas must be two values in [0, 1), got {self.betas}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(
+                f"optimizer.max_grad_norm must be > 0 or null, got {self.max_grad_norm}"
+            )
+
+
+@dataclass
+class SchedulerConfig:
+    """Linear warmup from 0, then cosine to 0 at ``decay_steps`` (warmup included), or constant."""
+
+    type: str = "cosine"  # "cosine" (JAX warmup_cosine_decay_schedule) | "constant" after warmup
+    warmup_steps: int = 2000  # updates of linear warmup from lr 0 (JAX 2000)
+    decay_steps: int = 2_000_000  # update at which the cosine reaches 0, warmup included (JAX 2e6)
+
+    def __post_init__(self) -> None:
+        if self.type not in ("cosine", "constant"):
+            raise ValueError(f"scheduler.type must be 'cosine' or 'constant', got {self.type!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"scheduler.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.type == "cosine" and self.decay_steps < self.warmup_steps:
+            raise ValueError(
+                f"scheduler.decay_steps ({self.decay_steps}) includes the warmup and must be >= "
+                f"warmup_steps ({self.warmup_steps})"
+            )
+
+
+@dataclass
+class DDPConfig:
+    """DistributedDataParallel settings; DDP is on whenever torchrun starts more than one rank."""
+
+    find_unused_parameters: bool = False  # True only if some parameters get no gradient
+    timeout_s: float = 1800.0  # collective timeout in seconds (torch default 30 min)
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0:
+            raise ValueError(f"ddp.timeout_s must be > 0, got {self.timeout_s}")
+
+
+@dataclass
+class AMPConfig:
+    """Autocast of the forward/loss; the grad scaler is always in the step, enabled for fp16."""
+
+    enabled: Optional[bool] = None  # None = on for CUDA, off on CPU; true also allows CPU autocast
+    dtype: str = "bfloat16"  # "bfloat16" | "float16" (float16 turns the GradScaler on)
+    init_scale: float = 65536.0  # GradScaler initial loss scale (torch default 2**16)
+    growth_factor: float = 2.0  # GradScaler (earlier port's default)
+    backoff_factor: float = 0.5  # GradScaler
+    growth_interval: int = 2000  # GradScaler: finite steps before the scale grows
+    tf32: bool = True  # CUDA only: TF32 matmuls/convolutions for the float32 parts (Ampere+)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in AMP_DTYPES:
+            raise ValueError(f"amp.dtype must be one of {sorted(AMP_DTYPES)}, got {self.dtype!r}")
+        if self.init_scale <= 0 or self.growth_factor <= 1 or not 0 < self.backoff_factor < 1:
+            raise ValueError("amp needs init_scale > 0, growth_factor > 1, 0 < backoff_factor < 1")
+        if self.growth_interval < 1:
+            raise ValueError(f"amp.growth_interval must be >= 1, got {self.growth_interval}")
+
+
+@dataclass
+class CompileConfig:
+    """``torch.compile`` of the agent (before DDP); off by default (JAX has no such step)."""
+
+    enabled: bool = False
+    backend: str = "inductor"  # torch.compile backend ("inductor", "aot_eager", "eager")
+    mode: str = "default"  # "default" | "reduce-overhead" | "max-autotune"
+    dynamic: bool = False  # shapes are fixed: batch size and image size never change
+    fullgraph: bool = False
+
+
+@dataclass
+class EMAConfig:
+    """Moving average of the weights, used for validation sampling and saved in checkpoints."""
+
+    enabled: bool = False  # the gc_ddpm_bc preset turns it on (its JAX target network)
+    rate: float = 0.002  # ema <- rate*params + (1-rate)*ema per update (JAX target_update_rate)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.rate <= 1.0:
+            raise ValueError(f"ema.rate must be in (0, 1], got {self.rate}")
+
+
+@dataclass
+class WandbConfig:
+    # "online" | "offline" | "disabled"; the first two need pip install bridge-torch[wandb]
+    mode: str = "disabled"
+    project: str = "bridgedata_torch"  # the earlier port's project name
+    entity: Optional[str] = None  # W&B team/user; None = your default
+    group: Optional[str] = None  # groups runs in the W&B UI (e.g. one sweep)
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.mode not in WANDB_MODES:
+            raise ValueError(f"wandb.mode must be one of {WANDB_MODES}, got {self.mode!r}")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; saved resolved in the run directory and every checkpoint."""
+
+    name: str = ""  # run name, prefix of the run directory; "" = the algo name
+    data_path: str = MISSING  # root of the task directories (converted out.npy / packed stores)
+    save_dir: str = "runs"  # runs go to <save_dir>/bridgedata_torch/<name>_<timestamp>/
+    algo: str = "gc_bc"  # agent: "bc" | "gc_bc" | "gc_ddpm_bc" (set by the algo preset)
+    batch_size: int = 256  # GLOBAL training batch, split evenly across DDP ranks (JAX 256)
+    val_batch_size: int = 256  # global validation batch
+    num_steps: int = 2_000_000  # optimizer updates (JAX 2e6)
+    log_interval: int = 100  # updates between training/* log events (JAX 100)
+    eval_interval: int = 5000  # updates between validation passes; also after the last (JAX 5000)
+    eval_batches: Optional[int] = None  # validation batches per pass; None = full pass (JAX)
+    save_interval: int = 5000  # updates between checkpoints; also after the last (JAX 5000)
+    keep_last: Optional[int] = None  # keep the K newest checkpoints; None = all (JAX keeps all)
+    seed: int = 42  # seeds torch, numpy, random, the sampler and the augmenter (JAX 42)
+    device: str = "auto"  # "auto" (CUDA if available, else CPU) | "cpu" | "cuda" | "cuda:N"
+    resume: Optional[str] = None  # a run directory: continue it exactly from its latest checkpoint
+    bridgedata: BridgeDataConfig = field(default_factory=BridgeDataConfig)
+    model: AgentConfig = field(default_factory=AgentConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    ddp: DDPConfig = field(default_factory=DDPConfig)
+    amp: AMPConfig = field(default_factory=AMPConfig)
+    compile: CompileConfig = field(default_factory=CompileConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def __post_init__(self) -> None:
+        if self.algo not in AGENTS:
+            raise ValueError(f"algo must be one of {sorted(AGENTS)}, got {self.algo!r}")
+        positive = ("batch_size", "val_batch_size", "num_steps", "log_interval", "eval_interval",
+                    "save_interval")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.eval_batches is not None and self.eval_batches < 1:
+            raise ValueError(
+                f"eval_batches must be >= 1, or null for a full validation pass; got "
+                f"{self.eval_batches}"
+            )
+        if self.keep_last is not None and self.keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1 or null (keep all), got {self.keep_last}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError as error:
+                raise ValueError(f"device {self.device!r} is not a torch device: {error}") from None
+        if self.saliency.enabled and not self.data.load_saliency:
+            raise ValueError("saliency.enabled needs data.load_saliency=true (the target maps)")
+
+    @property
+    def run_name(self) -> str:
+        return self.name or self.algo
+
+
+def register_configs() -> None:
+    """Put the schema in Hydra's ConfigStore so conf/config.yaml can start its defaults with it."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def to_container(config: TrainConfig) -> dict:
+    """The config as plain dicts/lists/scalars (for config.json, checkpoints and W&B)."""
+    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+
+
+def to_yaml(config: TrainConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config), resolve=True)
+
+
+def load_config(path: Path) -> TrainConfig:
+    """Read a saved config.yaml back into a validated ``TrainConfig``."""
+    saved = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(path))
+    return OmegaConf.to_object(saved)
+
+
+def resolve_config(cfg: DictConfig, overrides: list[str]) -> TrainConfig:
+    """Validate a composed config; on ``resume=<run dir>`` start from the run's own config.
+
+    A resumed run keeps everything it was started with (its saved config.yaml); only the plain
+    ``key=value`` overrides of the resume command apply on top (e.g. ``num_steps=``). Changing a
+    config group on resume is refused: it would silently swap the algorithm or the data.
+    """
+    if cfg.resume is None:
+        return OmegaConf.to_object(cfg)
+    run_dir = Path(cfg.resume).expanduser().resolve()
+    if not (run_dir / "config.yaml").is_file():
+        raise ValueError(f"resume={cfg.resume}: no config.yaml in {run_dir}; not a run directory")
+    saved = OmegaConf.merge(
+        OmegaConf.structured(TrainConfig), OmegaConf.load(run_dir / "config.yaml")
+    )
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        if key in CONFIG_GROUPS:
+            raise ValueError(
+                f"resume: the config group override '{override.input_line}' cannot be applied; "
+                f"a resumed run keeps its saved {key} settings (drop it, or start a new run)"
+            )
+        if override.is_delete() or override.is_sweep_override():
+            raise ValueError(f"resume: unsupported override '{override.input_line}'")
+        OmegaConf.update(saved, key, override.value(), merge=False)
+    saved.resume = str(run_dir)
+    return OmegaConf.to_object(saved)
+
+
+def compose_config(overrides: Optional[list[str]] = None) -> TrainConfig:
+    """Compose conf/config.yaml with command-line style overrides, without running Hydra's app.
+
+    For tests, notebooks and the demo: ``compose_config(["algo=bc", "data_path=/data"])``.
+    """
+    overrides = list(overrides or [])
+    register_configs()
+    with initialize_config_module(config_module="bridge_torch.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return resolve_config(cfg, overrides)

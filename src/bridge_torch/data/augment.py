@@ -1,0 +1,239 @@
+"""Batched image augmentation with independent parameters per sample (design §4).
+
+Semantics of the JAX/TF ops (reference-spec §9.1) - random resized crop (bilinear, sub-pixel box,
+no rejection sampling), additive brightness, per-channel-mean contrast, HSV saturation and hue -
+but every sample draws its own, independent parameters: not one shared uniform for all ops (the
+TF quirk, §16 item 20) and not one replay per batch (the earlier port, §16 items 16-17). Within a
+sample, the parameters are shared by all frames of the observation history and by the goal
+(unless ``augment_next_obs_goal_differently``); the crop box also moves the saliency target.
+
+Parameters come from a CPU ``torch.Generator`` (deterministic by seed on any device; a few floats
+per sample are copied to the device asynchronously). Pixels are processed as float32 in [0, 255]
+and rounded to the nearest uint8 at the end; TF truncates (``uint8(x * 255)``), which darkens every
+image by half a level on average and turns float noise of an identity transform into -1 steps.
+On CPU the images go through the whole op chain in small chunks that stay in cache.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS, SALIENCY, SALIENCY_MASK
+from bridge_torch.data.color import (
+    adjust_brightness,
+    adjust_contrast,
+    adjust_saturation,
+    adjust_saturation_hue,
+)
+from bridge_torch.data.saliency_targets import minmax_normalize
+
+AUGMENT_OPS = ("crop", "brightness", "contrast", "saturation", "hue")
+CPU_CHUNK_BYTES = 3 << 20  # float32 working set per chunk on CPU (fits in L2/L3 cache)
+# Columns of the per-sample parameter table.
+TOP, LEFT, HEIGHT, WIDTH, BRIGHTNESS, CONTRAST, SATURATION, HUE = range(8)
+NUM_PARAMS = 8
+
+
+@dataclass
+class AugmentConfig:
+    """Image augmentation of training batches (JAX ``augment_kwargs``, reference-spec §9.1)."""
+
+    enabled: bool = True  # augment training batches (JAX augment=True); never validation
+    # ops applied in this order; an op not listed is not applied (JAX augment_order)
+    order: list[str] = field(default_factory=lambda: list(AUGMENT_OPS))
+    crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])  # crop area fraction
+    crop_ratio: list[float] = field(default_factory=lambda: [0.9, 1.1])  # crop w/h, log-uniform
+    brightness: float = 0.2  # additive delta ~ U[-d, d) in [0, 1] pixel units (JAX 0.2)
+    contrast: list[float] = field(default_factory=lambda: [0.8, 1.2])  # factor ~ U[lo, hi)
+    saturation: list[float] = field(default_factory=lambda: [0.8, 1.2])  # factor ~ U[lo, hi)
+    hue: float = 0.1  # hue shift ~ U[-d, d] in turns of the hue circle, d <= 0.5 (JAX 0.1)
+    augment_next_obs_goal_differently: bool = False  # goal draws its own parameters (JAX False)
+    # torch.compile the colour ops: several times faster, but the first batch compiles (~10-30 s)
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [op for op in self.order if op not in AUGMENT_OPS]
+        if unknown:
+            raise ValueError(f"augment order: unknown op(s) {unknown}; known: {AUGMENT_OPS}")
+        if len(set(self.order)) != len(self.order):
+            raise ValueError(f"augment order lists an op twice: {list(self.order)}")
+        _check_range("crop_scale", self.crop_scale, low=0.0, high=1.0, open_low=True)
+        _check_range("crop_ratio", self.crop_ratio, low=0.0, open_low=True)
+        _check_range("contrast", self.contrast, low=0.0)
+        _check_range("saturation", self.saturation, low=0.0)
+        if self.brightness < 0:
+            raise ValueError(f"brightness must be >= 0, got {self.brightness}")
+        if not 0.0 <= self.hue <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
+
+
+def _check_range(key: str, values: list[float], *, low: float, high: float = math.inf,
+                 open_low: bool = False) -> None:
+    ok = len(values) == 2 and values[0] <= values[1] <= high and \
+        (values[0] > low if open_low else values[0] >= low)
+    if not ok:
+        bound = f"{'(' if open_low else '['}{low}, {high}]"
+        raise ValueError(f"{key} must be [lo, hi] with lo <= hi within {bound}, got {values}")
+
+
+class Augmenter:
+    """Augments the images of a batch (``bridge_torch.batch`` layout) on the batch's device."""
+
+    def __init__(self, cfg: AugmentConfig, *, seed: int) -> None:
+        """Args:
+            seed: generator seed; under DDP pass ``seed + rank`` so ranks draw different crops.
+        """
+        self.cfg, self.seed = cfg, seed
+        self._plan = _plan(cfg.order)
+        # torch.compile fuses each run of colour ops into a few kernels (CPU: C++ loops, CUDA:
+        # Triton); the crop stays the eager grid_sample, which compiles to slower gathers.
+        self._colour = torch.compile(_apply_colour, dynamic=False) if cfg.compile else _apply_colour
+        self._generator = torch.Generator()
+        self._generator.manual_seed(seed)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Return a new batch with augmented ``observations.image``, ``goals.image`` and (crop
+        only) ``observations.saliency``; the input batch is not modified."""
+        if not self.cfg.enabled:
+            return batch
+        observations = dict(batch[OBSERVATIONS])
+        obs_images = observations[IMAGE]  # (B, K, H, W, 3) uint8
+        batch_size, window = obs_images.shape[:2]
+        params = self._draw(batch_size, obs_images.device)  # (B, NUM_PARAMS)
+        images = [obs_images.reshape(batch_size * window, *obs_images.shape[2:])]
+        per_image = [params.repeat_interleave(window, dim=0)]  # every frame: its sample's
+        if GOALS in batch:
+            images.append(batch[GOALS][IMAGE])
+            different = self.cfg.augment_next_obs_goal_differently
+            per_image.append(self._draw(batch_size, obs_images.device) if different else params)
+        # One pass over all images of the batch (on CUDA: one set of kernel launches).
+        augmented = _augment(torch.cat(images), torch.cat(per_image), self._plan, self._colour)
+        observations[IMAGE] = augmented[:batch_size * window].view(obs_images.shape)
+        out = {**batch, OBSERVATIONS: observations}
+        if GOALS in batch:
+            out[GOALS] = {**batch[GOALS], IMAGE: augmented[batch_size * window:]}
+        if SALIENCY in observations and "crop" in self.cfg.order:
+            maps = _crop(observations[SALIENCY][:, None], params)[:, 0]
+            observations[SALIENCY], informative = minmax_normalize(maps)
+            observations[SALIENCY_MASK] = observations[SALIENCY_MASK] & informative
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Generator state (uint8 tensor) and seed: plain data, ``weights_only``-loadable."""
+        return {"generator": self._generator.get_state(), "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._generator.set_state(torch.as_tensor(state["generator"], dtype=torch.uint8).cpu())
+
+    def _draw(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        """Independent parameters per sample, as float32 (B, NUM_PARAMS) on ``device``.
+
+        All columns are drawn whatever the order, so the stream does not depend on the config.
+        """
+        cfg = self.cfg
+        u = torch.rand((batch_size, NUM_PARAMS), generator=self._generator, dtype=torch.float64)
+        scale = _lerp(cfg.crop_scale, u[:, 0])
+        ratio = torch.exp(_lerp([math.log(r) for r in cfg.crop_ratio], u[:, 1]))
+        height = torch.sqrt(scale / ratio).clamp(0.0, 1.0)
+        width = torch.sqrt(scale * ratio).clamp(0.0, 1.0)
+        params = torch.stack([
+            u[:, 2] * (1.0 - height),  # TOP ~ U[0, 1 - h)
+            u[:, 3] * (1.0 - width),  # LEFT ~ U[0, 1 - w)
+            height, width,
+            _lerp([-cfg.brightness, cfg.brightness], u[:, 4]),
+            _lerp(cfg.contrast, u[:, 5]),
+            _lerp(cfg.saturation, u[:, 6]),
+            _lerp([-cfg.hue, cfg.hue], u[:, 7]),
+        ], dim=1).to(torch.float32)
+        if device.type == "cuda":  # pinned + non_blocking: no host synchronisation
+            return params.pin_memory().to(device, non_blocking=True)
+        return params.to(device)
+
+
+def _lerp(bounds: list[float], u: torch.Tensor) -> torch.Tensor:
+    return bounds[0] + (bounds[1] - bounds[0]) * u
+
+
+def _plan(order: list[str]) -> list[str | tuple[str, ...]]:
+    """Segments of the op sequence: ``"crop"``, or a run of colour ops to apply together.
+
+    Adjacent saturation and hue are fused into one HSV round trip (``"saturation_hue"``).
+    """
+    plan: list[str | tuple[str, ...]] = []
+    run: list[str] = []
+    for op in order:
+        if op == "crop":
+            plan += [tuple(run), "crop"] if run else ["crop"]
+            run = []
+        elif run and {run[-1], op} == {"saturation", "hue"}:
+            run[-1] = "saturation_hue"
+        else:
+            run.append(op)
+    return [*plan, tuple(run)] if run else plan
+
+
+def _augment(images: torch.Tensor, params: torch.Tensor, plan: list[str | tuple[str, ...]],
+             colour: Callable) -> torch.Tensor:
+    """Apply ``plan`` to uint8 images (n, H, W, 3) with per-image ``params`` (n, NUM_PARAMS)."""
+    out = torch.empty_like(images)
+    n, height, width = images.shape[:3]
+    chunk = n
+    if images.device.type == "cpu":
+        chunk = max(1, CPU_CHUNK_BYTES // (height * width * 3 * 4))
+    for start in range(0, n, chunk):
+        part = slice(start, start + chunk)
+        x = images[part].permute(0, 3, 1, 2).float()  # (n, 3, H, W), channels-last in memory
+        for segment in plan:
+            x = _crop(x, params[part]) if segment == "crop" else colour(x, params[part], segment)
+        _store_uint8(x.round_(), out[part])
+    return out
+
+
+def _apply_colour(images: torch.Tensor, params: torch.Tensor,
+                  ops: tuple[str, ...]) -> torch.Tensor:
+    """A run of colour ops on float images (n, 3, H, W) in [0, 255]."""
+    for op in ops:
+        images = _COLOUR_OPS[op](images, params)
+    return images
+
+
+def _store_uint8(images: torch.Tensor, out: torch.Tensor) -> None:
+    """Write rounded float images (n, 3, H, W) into uint8 ``out`` (n, H, W, 3)."""
+    if images.is_cuda or images.is_contiguous(memory_format=torch.channels_last):
+        out.copy_(images.permute(0, 2, 3, 1))
+    else:  # CPU, planar float -> interleaved uint8: per-channel strided copies are the fastest
+        for channel in range(3):
+            out[..., channel].copy_(images[:, channel])
+
+
+def _crop(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Bilinear crop-and-resize of each image's box back to its full size (TF crop_and_resize).
+
+    Box corners map to pixel centres (TF's ``(H - 1)`` scaling = ``align_corners=True``).
+
+    Args:
+        images: float32 (n, C, H, W).
+        params: (n, NUM_PARAMS) with the box in TOP, LEFT, HEIGHT, WIDTH (image fractions).
+    """
+    n, _, height, width = images.shape
+    ys = torch.linspace(0.0, 1.0, height, device=images.device)
+    xs = torch.linspace(0.0, 1.0, width, device=images.device)
+    grid = torch.empty((n, height, width, 2), device=images.device)
+    grid[..., 0] = ((params[:, LEFT, None] + xs * params[:, WIDTH, None]) * 2.0 - 1.0)[:, None, :]
+    grid[..., 1] = ((params[:, TOP, None] + ys * params[:, HEIGHT, None]) * 2.0 - 1.0)[:, :, None]
+    # A convex combination of pixels stays within [0, 255]: no clip needed after the crop.
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border",
+                         align_corners=True)
+
+
+_COLOUR_OPS = {
+    "brightness": lambda x, p: adjust_brightness(x, p[:, BRIGHTNESS]),
+    "contrast": lambda x, p: adjust_contrast(x, p[:, CONTRAST]),
+    "saturation": lambda x, p: adjust_saturation(x, p[:, SATURATION]),
+    "hue": lambda x, p: adjust_saturation_hue(x, torch.ones_like(p[:, HUE]), p[:, HUE]),
+    "saturation_hue": lambda x, p: adjust_saturation_hue(x, p[:, SATURATION], p[:, HUE]),
+}

@@ -1,0 +1,249 @@
+"""From a data path to packed stores: task selection (reference-spec §6.1) and the out.npy cache.
+
+A *task directory* holds one directory per split (``train/``, ``val/``), each with a legacy
+``out.npy`` and/or a packed store in ``packed/``. ``include`` is a list of sub-datasets, each a
+list of glob patterns relative to ``data_path`` (``**`` = any depth), as in the JAX
+``glob_to_path_list``; unlike the earlier port (§16 item 4), patterns really are globbed and
+``exclude`` really excludes.
+
+Legacy ``out.npy`` files are packed once into ``<split>/packed/`` (or, when the data directory is
+not writable, into ``$BRIDGE_TORCH_CACHE/<key>/``, default ``~/.cache/bridge_torch/<key>/``, key =
+sha256 of the absolute out.npy path), so pickle is parsed once per file, not at every run. The cache
+records the source's size, mtime and sha256. Freshness check: when size and mtime both match the
+record, the cache is reused without hashing (hashing a multi-GB file at every start would cost more
+than the training setup); when either differs the file is re-hashed, and a matching hash (a copied
+or touched file) keeps the cache and refreshes the record, anything else rebuilds it.
+"""
+
+import contextlib
+import fnmatch
+import glob
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from bridge_torch.data import legacy
+from bridge_torch.data.actions import merge_statistics
+from bridge_torch.data.store import (
+    META_FILE,
+    PackedStore,
+    open_store,
+    write_json_atomic,
+    write_store,
+)
+
+ALL_LOCAL_INCLUDE: list[list[str]] = [["**"]]  # the all_local preset: every task, any depth
+SPLIT_DIRS = ("train", "val")  # directory names that are splits, never tasks
+LEGACY_FILE = "out.npy"
+PACKED_DIR = "packed"
+LEGACY_CAMERAS = ("images0",)  # the camera training reads; the cache holds only what is used
+LEGACY_SOURCE_KEY = "legacy_out_npy"  # meta["source"] entry of a store packed from out.npy
+CACHE_ENV = "BRIDGE_TORCH_CACHE"
+HASH_CHUNK_BYTES = 8 << 20
+log = logging.getLogger(__name__)
+
+
+def has_split(task_dir: Path, split: str) -> bool:
+    """Whether ``task_dir/split`` holds an out.npy or a packed store."""
+    split_dir = Path(task_dir) / split
+    return (split_dir / LEGACY_FILE).is_file() or (split_dir / PACKED_DIR / META_FILE).is_file()
+
+
+def _inside_split(path: Path, root: Path) -> bool:
+    """True when ``path`` lies inside the split directory of a task (never a task itself)."""
+    for ancestor in list(path.relative_to(root).parents)[:-1]:  # below root, not root itself
+        candidate = root / ancestor
+        if candidate.name in SPLIT_DIRS and has_split(candidate.parent, "train"):
+            return True
+    return path.name in SPLIT_DIRS and has_split(path.parent, path.name)
+
+
+def _excluded(path: Path, root: Path, exclude: list[str]) -> str | None:
+    """The first exclude pattern matching ``path`` (relative or absolute, fnmatch), or None."""
+    names = (path.relative_to(root).as_posix(), path.as_posix())
+    return next((p for p in exclude if any(fnmatch.fnmatch(n, p) for n in names)), None)
+
+
+def _match_pattern(root: Path, pattern: str, exclude: list[str]) -> tuple[list[Path], dict]:
+    """Task directories matching one glob pattern, and counts of what was dropped and why."""
+    hits = sorted({Path(p) for p in glob.glob(os.path.join(glob.escape(str(root)), pattern),
+                                              recursive=True) if os.path.isdir(p)})
+    kept, dropped = [], {"without a train split": 0, "excluded": 0}
+    for path in hits:
+        if not has_split(path, "train") or _inside_split(path, root):
+            dropped["without a train split"] += 1
+            continue
+        rule = _excluded(path, root, exclude)
+        if rule is not None:
+            log.info("excluding %s (exclude pattern %r)", path, rule)
+            dropped["excluded"] += 1
+            continue
+        kept.append(path)
+    return kept, dropped
+
+
+def resolve_task_dirs(data_path: Path, include: list[list[str]],
+                      exclude: list[str]) -> list[list[Path]]:
+    """Expand ``include`` into task directories, one list per sub-dataset (reference-spec §6.1).
+
+    Args:
+        data_path: root directory the patterns are relative to.
+        include: sub-datasets, each a list of glob patterns (``**`` recursive).
+        exclude: fnmatch patterns, tried on each match's path relative to ``data_path`` and on
+            its absolute path; excluded matches are logged.
+    Returns:
+        Sorted, de-duplicated task directories per sub-dataset; each holds a train split.
+    Raises:
+        ValueError: ``data_path`` is not a directory, or a sub-dataset matches no task directory.
+    """
+    root = Path(data_path).expanduser().absolute()
+    if not root.is_dir():
+        raise ValueError(f"data_path {root} does not exist or is not a directory")
+    if not include:
+        raise ValueError("include must list at least one sub-dataset of glob patterns")
+    groups = []
+    for i, patterns in enumerate(include):
+        found: set[Path] = set()
+        dropped_total = {"without a train split": 0, "excluded": 0}
+        for pattern in patterns:
+            kept, dropped = _match_pattern(root, pattern, list(exclude))
+            if not kept:
+                log.warning("include pattern %r matched no task directory under %s", pattern, root)
+            found.update(kept)
+            for key, count in dropped.items():
+                dropped_total[key] += count
+        if not found:
+            why = ", ".join(f"{n} {k}" for k, n in dropped_total.items())
+            raise ValueError(f"include[{i}] = {list(patterns)} matches no task directory under "
+                             f"{root} (a task directory holds train/{LEGACY_FILE} or train/"
+                             f"{PACKED_DIR}/{META_FILE}; matched directories: {why})")
+        groups.append(sorted(found))
+    return groups
+
+
+def file_fingerprint(path: Path, *, with_hash: bool = True) -> dict[str, Any]:
+    """Absolute path, size, mtime (ns) and optionally the streamed sha256 of a file."""
+    stat = Path(path).stat()
+    record: dict[str, Any] = {"path": str(Path(path).absolute()), "size": stat.st_size,
+                              "mtime_ns": stat.st_mtime_ns}
+    if with_hash:
+        digest = hashlib.sha256()
+        with open(path, "rb") as file:
+            while chunk := file.read(HASH_CHUNK_BYTES):
+                digest.update(chunk)
+        record["sha256"] = digest.hexdigest()
+    return record
+
+
+def cache_dir_for(legacy_path: Path) -> Path:
+    """Fallback cache directory of an out.npy whose data directory is not writable."""
+    base = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "bridge_torch"
+    key = hashlib.sha256(str(Path(legacy_path).absolute()).encode()).hexdigest()[:32]
+    return Path(base).expanduser() / key
+
+
+def _is_writable(directory: Path) -> bool:
+    return os.access(directory, os.W_OK)
+
+
+def _fresh_cache(store_dir: Path, legacy_path: Path) -> PackedStore | None:
+    """The store at ``store_dir`` if it is an up-to-date packing of ``legacy_path``, else None."""
+    if not (store_dir / META_FILE).is_file():
+        return None
+    try:
+        store = open_store(store_dir)
+    except ValueError as err:
+        log.warning("ignoring unreadable packed store %s: %s", store_dir, err)
+        return None
+    record = store.source.get(LEGACY_SOURCE_KEY)
+    if record is None:  # written by the converter, not packed from out.npy
+        if (store_dir / META_FILE).stat().st_mtime_ns >= legacy_path.stat().st_mtime_ns:
+            return store
+        log.warning("%s is newer than %s: re-packing it", legacy_path, store_dir)
+        return None
+    now = file_fingerprint(legacy_path, with_hash=False)
+    if (now["size"], now["mtime_ns"]) == (record.get("size"), record.get("mtime_ns")):
+        return store
+    if now["size"] != record.get("size"):
+        return None
+    now = file_fingerprint(legacy_path)
+    if now["sha256"] != record.get("sha256"):
+        return None
+    meta = dict(store.meta, source={**store.source, LEGACY_SOURCE_KEY: now})
+    # same content, new mtime: refresh the record so the next open skips the hash (best effort)
+    with contextlib.suppress(OSError):
+        write_json_atomic(store_dir / META_FILE, meta)
+    return store
+
+
+def _pack_legacy(legacy_path: Path, store_dir: Path) -> PackedStore:
+    """Parse out.npy (pickle, once) and write it as a packed store at ``store_dir``."""
+    record = file_fingerprint(legacy_path)
+    log.info("packing %s into %s (once; later runs reuse the packed store)", legacy_path,
+             store_dir)
+    trajectories = legacy.legacy_to_trajectories(legacy.load_out_npy(legacy_path), legacy_path)
+    source = {"format": LEGACY_FILE, LEGACY_SOURCE_KEY: record}
+    return open_store(write_store(store_dir, trajectories, cameras=LEGACY_CAMERAS, source=source))
+
+
+def open_split(task_dir: Path, split: str) -> PackedStore:
+    """Open one split of a task directory as a packed store, packing a legacy out.npy if needed.
+
+    Prefers ``<task>/<split>/packed/``; an out.npy next to it is packed (into ``packed/`` or the
+    fallback cache) when no fresh packed store of it exists.
+
+    Raises:
+        ValueError: the split directory holds neither out.npy nor a packed store.
+    """
+    split_dir = Path(task_dir) / split
+    legacy_path, packed_dir = split_dir / LEGACY_FILE, split_dir / PACKED_DIR
+    if not legacy_path.is_file():
+        if (packed_dir / META_FILE).is_file():
+            return open_store(packed_dir)
+        raise ValueError(f"task {task_dir} has no {split!r} split: expected {legacy_path} or "
+                         f"{packed_dir / META_FILE}")
+    fallback = cache_dir_for(legacy_path)
+    for candidate in (packed_dir, fallback):
+        store = _fresh_cache(candidate, legacy_path)
+        if store is not None:
+            return store
+    if _is_writable(split_dir):
+        try:
+            return _pack_legacy(legacy_path, packed_dir)
+        except PermissionError as err:
+            log.warning("cannot write %s (%s): caching in %s", packed_dir, err, fallback)
+    return _pack_legacy(legacy_path, fallback)
+
+
+def open_sub_datasets(data_path: Path, include: list[list[str]], exclude: list[str],
+                      split: str = "train") -> list[list[PackedStore]]:
+    """Open ``split`` of every selected task directory, grouped by sub-dataset.
+
+    Task directories without ``split`` are skipped (logged); a sub-dataset left without stores
+    stays as an empty list so positions still line up with ``sample_weights``.
+    """
+    groups = []
+    for tasks in resolve_task_dirs(data_path, include, exclude):
+        present = [task for task in tasks if has_split(task, split)]
+        for task in sorted(set(tasks) - set(present)):
+            log.info("task %s has no %s split: skipped", task, split)
+        groups.append([open_split(task, split) for task in present])
+    return groups
+
+
+def training_statistics(stores: list[list[PackedStore]], relabel_actions: bool) -> dict:
+    """Action and proprio statistics merged exactly over all given (train) stores.
+
+    Returns:
+        ``{"actions": stats, "proprio": stats}``; the actions are the relabelled ones when
+        ``relabel_actions``, else the raw ones. Proprio uses its own statistics (the JAX code
+        normalised proprio with the action statistics, reference-spec §16 item 55).
+    """
+    flat = [store for group in stores for store in group]
+    if not flat:
+        raise ValueError("training_statistics: no stores given")
+    key = "actions_relabeled" if relabel_actions else "actions"
+    return {"actions": merge_statistics([s.stats[key] for s in flat]),
+            "proprio": merge_statistics([s.stats["proprio"] for s in flat])}

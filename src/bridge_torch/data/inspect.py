@@ -1,0 +1,386 @@
+"""``bridge-torch-inspect``: a summary of a dataset and an optional preview image grid.
+
+The path may be a raw BridgeData tree, a tree of converted ``out.npy`` files, a packed store, or
+a tree of packed stores (a split with both an out.npy and a packed store is read from the store).
+Packed stores are summarised from their metadata and memory maps (frames are never loaded as a
+whole); out.npy files are parsed one at a time (pickle: only inspect your own data); raw trees are
+summarised from file names, lang.txt and a single JPEG header (no statistics: convert first);
+their transition counts are what the converter produces (latency shift included).
+
+Usage::
+
+    bridge-torch-inspect data/ [--json] [--preview grid.png] [--preview-trajectories 4]
+    python -m bridge_torch.data.inspect data/
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS
+from bridge_torch.data import legacy
+from bridge_torch.data.actions import compute_statistics, merge_statistics, relabel_actions
+from bridge_torch.data.augment import AugmentConfig, Augmenter
+from bridge_torch.data.raw import (
+    SALIENCY_FILE,
+    SkipTrajectory,
+    count_frames,
+    needs_latency_shift,
+    parse_folder_date,
+    read_language,
+)
+from bridge_torch.data.store import META_FILE, STATS_KEYS, open_store
+
+RAW_PREVIEW_SIZE = 128  # raw JPEGs are squashed to this square size in the preview
+HISTOGRAM_BINS = 10
+SALIENCY_CHUNK_BYTES = 64 << 20  # saliency is scanned in chunks of this size
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Source:
+    """One unit of data: a packed store, an out.npy file, or a raw trajectory folder."""
+
+    kind: str  # "packed" | "out.npy" | "raw"
+    path: Path
+    task: str  # task directory relative to the inspected path
+    split: str  # "train", "val", ... ("raw" for raw trajectories)
+
+
+def find_sources(path: Path) -> list[Source]:
+    """Detect what ``path`` holds; converted data wins over raw trajectories in the same tree."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix != ".npy":
+            raise ValueError(f"{path}: expected a directory or an out.npy file")
+        return [Source("out.npy", path, path.parent.parent.name, path.parent.name)]
+    if not path.is_dir():
+        raise ValueError(f"{path} does not exist")
+    stores, npys, raws = [], [], []
+    for dirpath, dirnames, filenames in os.walk(path):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if META_FILE in filenames:
+            stores.append(here)
+            dirnames[:] = []
+        elif "obs_dict.pkl" in filenames:
+            raws.append(here)
+            dirnames[:] = []
+        elif "out.npy" in filenames and not (here / "packed" / META_FILE).is_file():
+            npys.append(here / "out.npy")
+    converted = [_converted_source("packed", s, path) for s in stores] + \
+        [_converted_source("out.npy", f, path) for f in npys]
+    if converted:
+        return sorted(converted, key=lambda s: (s.task, s.split))
+    if raws:
+        return [Source("raw", t, _raw_task(t, path), "raw") for t in raws]
+    raise ValueError(f"{path}: found no packed store ({META_FILE}), out.npy or raw trajectory "
+                     f"(obs_dict.pkl)")
+
+
+def _converted_source(kind: str, path: Path, root: Path) -> Source:
+    """``<task>/<split>/out.npy`` or ``<task>/<split>/packed``; any other store is its own task."""
+    if kind == "out.npy" or path.name == "packed":
+        return Source(kind, path, _relative(path.parent.parent, root), path.parent.name)
+    return Source(kind, path, _relative(path, root), "-")
+
+
+def _raw_task(traj_dir: Path, root: Path) -> str:
+    """Raw layout <collection>/<date>/raw/traj_group*/traj*: the task is the collection."""
+    parents = traj_dir.parents
+    task = parents[3] if len(parents) > 3 and parents[1].name == "raw" else traj_dir.parent
+    return _relative(task, root)
+
+
+def _relative(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix() if path != root and root in path.parents else "."
+
+
+@dataclass
+class Tally:
+    """Running totals over all trajectories (numbers only; frames are never kept)."""
+
+    tasks: set = field(default_factory=set)
+    splits: dict = field(default_factory=dict)  # split -> [trajectories, transitions]
+    lengths: list = field(default_factory=list)  # transitions per trajectory
+    cameras: Counter = field(default_factory=Counter)  # camera -> trajectories having it
+    image_sizes: Counter = field(default_factory=Counter)  # (H, W) -> trajectories
+    stats: dict = field(default_factory=lambda: {key: [] for key in STATS_KEYS})
+    saliency_trajectories: int = 0
+    saliency_frames: int | None = 0  # frames with a non-zero map; None when unknown (raw)
+    raw_image_size: tuple | None = None  # (H, W) of the one raw JPEG decoded
+    skipped: int = 0  # raw trajectories the converter would skip
+    language: Counter = field(default_factory=Counter)
+    labelled: int = 0
+
+    def add_trajectories(self, source: Source, lengths: list[int], languages: list[list[str]],
+                         cameras: list[str], image_size: tuple[int, int]) -> None:
+        self.tasks.add(source.task)
+        counts = self.splits.setdefault(source.split, [0, 0])
+        counts[0] += len(lengths)
+        counts[1] += sum(lengths)
+        self.lengths += lengths
+        self.cameras.update({camera: len(lengths) for camera in cameras})
+        self.image_sizes[tuple(int(s) for s in image_size)] += len(lengths)
+        for lines in languages:
+            self.language.update(lines)
+            self.labelled += bool(lines)
+
+
+def _nonzero_frames(saliency: np.ndarray) -> int:
+    """Number of frames with a non-zero map, scanning a memory map chunk by chunk."""
+    rows = max(1, SALIENCY_CHUNK_BYTES // max(1, saliency[0].nbytes))
+    return sum(int(np.any(saliency[i:i + rows].reshape(-1, saliency[0].size) != 0, axis=1).sum())
+               for i in range(0, saliency.shape[0], rows))
+
+
+class PreviewPicker:
+    """Chooses preview trajectories spread over the sources, keeping only their 3 key frames."""
+
+    def __init__(self, count: int, num_sources: int) -> None:
+        # rows per source: evenly spaced over the sources (several per source if there are few)
+        spots = ((np.arange(count) + 0.5) * num_sources / max(count, 1)).astype(np.int64)
+        self.allot = np.bincount(spots, minlength=num_sources).tolist()
+        self.rows: list[list[np.ndarray]] = []  # [first, middle, last] uint8 (H, W, 3)
+
+    def indices(self, source_index: int, num_trajectories: int) -> list[int]:
+        """Trajectories of source ``source_index`` to show, evenly spaced within it."""
+        take = min(self.allot[source_index], num_trajectories)
+        return sorted({int((k + 0.5) * num_trajectories / take) for k in range(take)})
+
+    def add(self, frames: Any) -> None:
+        """``frames``: (T+1, H, W, 3) array-like (a memmap slice is read for 3 frames only)."""
+        last = len(frames) - 1
+        self.rows.append([np.asarray(frames[i]) for i in (0, last // 2, last)])
+
+
+def _scan_packed(source: Source, k: int, tally: Tally, picker: PreviewPicker) -> None:
+    store = open_store(source.path)
+    tally.add_trajectories(source, store.traj_length.tolist(), store.language, store.cameras,
+                           store.image_size)
+    for key in STATS_KEYS:
+        tally.stats[key].append(store.stats[key])
+    tally.saliency_trajectories += int(store.traj_has_saliency.sum())
+    if store.saliency is not None and tally.saliency_frames is not None:
+        tally.saliency_frames += _nonzero_frames(store.saliency)
+    for i in picker.indices(k, store.num_trajectories):
+        picker.add(store.trajectory(i).frames[store.cameras[0]])
+
+
+def _scan_legacy(source: Source, k: int, tally: Tally, picker: PreviewPicker) -> None:
+    raw = legacy.load_out_npy(source.path)
+    picks = set(picker.indices(k, len(raw)))
+    for i, traj in enumerate(legacy.legacy_to_trajectories(raw, source.path)):
+        first = traj.frames.get("images0", next(iter(traj.frames.values())))
+        tally.add_trajectories(source, [traj.num_transitions], [traj.language],
+                               sorted(traj.frames), first.shape[1:3])
+        for key, values in (("actions", traj.actions), ("proprio", traj.proprio),
+                            ("actions_relabeled", relabel_actions(traj.proprio, traj.actions))):
+            tally.stats[key].append(compute_statistics(values))
+        if traj.saliency is not None:
+            tally.saliency_trajectories += 1
+            tally.saliency_frames += _nonzero_frames(traj.saliency)
+        if i in picks:
+            picker.add(first)
+
+
+def _scan_raw(source: Source, k: int, tally: Tally, picker: PreviewPicker) -> None:
+    """File names and lang.txt only (plus one JPEG header per tree); no pickle is read."""
+    try:
+        counts = count_frames(source.path)
+        language = [line for line in read_language(source.path) if line]
+    except SkipTrajectory as err:
+        log.warning("%s (the converter skips this trajectory)", err)
+        tally.skipped += 1
+        return
+    steps, first_camera = next(iter(counts.values())), source.path / next(iter(counts))
+    parents = source.path.absolute().parents  # <date>/raw/traj_group*/traj*
+    date = parse_folder_date(parents[2].name) if len(parents) > 2 else None
+    transitions = steps - 1 - int(date is not None and needs_latency_shift(date))
+    if transitions < 1:
+        tally.skipped += 1
+        return
+    if tally.raw_image_size is None:  # one JPEG header for the whole tree
+        with Image.open(first_camera / "im_0.jpg") as img:
+            tally.raw_image_size = (img.height, img.width)
+    tally.add_trajectories(source, [transitions], [language], list(counts), tally.raw_image_size)
+    tally.saliency_frames = None  # would need every saliency_map.pkl unpickled
+    tally.saliency_trajectories += (source.path / SALIENCY_FILE).is_file()
+    if picker.indices(k, 1):
+        last = steps - 1
+        picker.rows.append([_read_jpeg(first_camera / f"im_{i}.jpg") for i in (0, last // 2, last)])
+
+
+def _read_jpeg(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        size = (RAW_PREVIEW_SIZE, RAW_PREVIEW_SIZE)
+        return np.asarray(img.convert("RGB").resize(size, Image.Resampling.LANCZOS))
+
+
+SCANNERS = {"packed": _scan_packed, "out.npy": _scan_legacy, "raw": _scan_raw}
+
+
+def summarize(path: Path, *, preview_trajectories: int = 0
+              ) -> tuple[dict[str, Any], list[list[np.ndarray]]]:
+    """Summary of the dataset at ``path`` (JSON-ready) and up to ``preview_trajectories`` rows
+    of [first, middle, last] uint8 frames for :func:`write_preview`."""
+    sources = find_sources(Path(path))
+    tally, picker = Tally(), PreviewPicker(preview_trajectories, len(sources))
+    for k, source in enumerate(sources):
+        SCANNERS[source.kind](source, k, tally, picker)
+    return _summary_dict(Path(path), sources, tally), picker.rows
+
+
+def _histogram(lengths: np.ndarray) -> dict[str, list[int]]:
+    """Integer-width bins [edge_k, edge_k+1) covering min..max."""
+    low, high = int(lengths.min()), int(lengths.max())
+    width = max(1, math.ceil((high - low + 1) / HISTOGRAM_BINS))
+    counts = np.bincount((lengths - low) // width)
+    return {"bin_edges": [low + width * i for i in range(len(counts) + 1)],
+            "counts": counts.tolist()}
+
+
+def _summary_dict(path: Path, sources: list[Source], tally: Tally) -> dict[str, Any]:
+    lengths = np.asarray(tally.lengths, dtype=np.int64)
+    if lengths.size == 0:
+        raise ValueError(f"{path}: no trajectories found")
+    frames = int(lengths.sum() + lengths.size)
+    stats = {key: merge_statistics(parts) for key, parts in tally.stats.items() if parts}
+    return {
+        "path": str(path),
+        "format": sorted({s.kind for s in sources}),
+        "num_sources": len(sources),
+        "skipped_trajectories": tally.skipped,
+        "num_tasks": len(tally.tasks),
+        "splits": {name: {"trajectories": n, "transitions": m}
+                   for name, (n, m) in sorted(tally.splits.items())},
+        "num_trajectories": int(lengths.size),
+        "num_transitions": int(lengths.sum()),
+        "num_frames": frames,
+        "length": {"min": int(lengths.min()), "mean": float(lengths.mean()),
+                   "max": int(lengths.max()), "histogram": _histogram(lengths)},
+        "image_sizes": [[*size, count] for size, count in tally.image_sizes.most_common()],
+        "cameras": dict(sorted(tally.cameras.items())),
+        "stats": stats or None,
+        "saliency": {
+            "trajectories": tally.saliency_trajectories,
+            "trajectory_fraction": tally.saliency_trajectories / lengths.size,
+            "nonzero_frames": tally.saliency_frames,
+            "frame_fraction": None if tally.saliency_frames is None
+            else tally.saliency_frames / frames,
+        },
+        "language": {"distinct": len(tally.language), "labelled_trajectories": tally.labelled,
+                     "instructions": [[text, n] for text, n in tally.language.most_common()]},
+    }
+
+
+def _stats_lines(stats: dict[str, Any] | None) -> list[str]:
+    if not stats:
+        return ["statistics: not available for raw trees (convert first)"]
+    lines = ["statistics per dimension:"]
+    for key in ("actions", "actions_relabeled", "proprio"):
+        lines.append(f"  {key} (count {stats[key]['count']})")
+        for name in ("mean", "std", "min", "max"):
+            lines.append(f"    {name:<4} " + " ".join(f"{v:+.4f}" for v in stats[key][name]))
+    return lines
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as readable text (histogram bars, statistics per dimension)."""
+    splits = ", ".join(f"{name} {v['trajectories']} traj / {v['transitions']} transitions"
+                       for name, v in summary["splits"].items())
+    length, hist, sal = summary["length"], summary["length"]["histogram"], summary["saliency"]
+    lines = [f"dataset: {summary['path']} ({', '.join(summary['format'])}, "
+             f"{summary['num_sources']} sources)",
+             f"tasks: {summary['num_tasks']}   splits: {splits}",
+             f"trajectories: {summary['num_trajectories']}   transitions: "
+             f"{summary['num_transitions']}   frames: {summary['num_frames']}",
+             "image size: " + ", ".join(f"{h}x{w} ({n} traj)" for h, w, n in
+                                        summary["image_sizes"]),
+             "cameras: " + ", ".join(f"{c} ({n} traj)" for c, n in summary["cameras"].items()),
+             f"trajectory length (transitions): min {length['min']}  mean "
+             f"{length['mean']:.1f}  max {length['max']}"]
+    top = max(hist["counts"])
+    for lo, hi, count in zip(hist["bin_edges"], hist["bin_edges"][1:], hist["counts"],
+                             strict=False):
+        label = f"{lo}" if hi - 1 == lo else f"{lo}-{hi - 1}"
+        lines.append(f"  {label:>11} | {'#' * round(40 * count / top)} {count}")
+    frames = ("unknown (raw)" if sal["nonzero_frames"] is None
+              else f"{sal['nonzero_frames']} frames non-zero ({sal['frame_fraction']:.1%})")
+    lines.append(f"saliency: {sal['trajectories']} trajectories "
+                 f"({sal['trajectory_fraction']:.1%}), {frames}")
+    lang = summary["language"]
+    lines.append(f"language: {lang['distinct']} distinct instructions, "
+                 f"{lang['labelled_trajectories']} labelled trajectories")
+    lines += [f"  {count:>6}  {text}" for text, count in lang["instructions"][:10]]
+    return "\n".join(lines + _stats_lines(summary["stats"]))
+
+
+def write_preview(rows: list[list[np.ndarray]], out_path: Path, *, augment: bool = True,
+                  seed: int = 0) -> Path:
+    """PNG grid: per trajectory a row [first, middle, last, goal (= last)] and, with
+    ``augment``, below it the same row through the training :class:`Augmenter`."""
+    if not rows:
+        raise ValueError("write_preview: no trajectories to show")
+    height, width = rows[0][0].shape[:2]
+    tiles = np.stack([[_resize(f, height, width) for f in (*row, row[-1])] for row in rows])
+    grid_rows = [tiles]  # (R, 4, H, W, 3)
+    if augment:
+        batch = {OBSERVATIONS: {IMAGE: torch.from_numpy(tiles[:, :3].copy())},
+                 GOALS: {IMAGE: torch.from_numpy(tiles[:, 3].copy())}}
+        out = Augmenter(AugmentConfig(), seed=seed)(batch)
+        augmented = torch.cat([out[OBSERVATIONS][IMAGE], out[GOALS][IMAGE][:, None]], dim=1)
+        grid_rows.append(augmented.numpy())
+    grid = np.stack(grid_rows, axis=1).reshape(-1, 4, height, width, 3)  # original, augmented
+    image = grid.transpose(0, 2, 1, 3, 4).reshape(-1, 4 * width, 3)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    Image.fromarray(image).save(tmp, format="PNG")
+    os.replace(tmp, out_path)
+    return out_path
+
+
+def _resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    if frame.shape[:2] == (height, width):
+        return frame
+    return np.asarray(Image.fromarray(frame).resize((width, height), Image.Resampling.LANCZOS))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bridge-torch-inspect", description=__doc__.split(
+        "\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", type=Path, help="raw tree, out.npy tree/file or packed store(s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--preview", type=Path, help="write a PNG grid of a few trajectories")
+    parser.add_argument("--preview-trajectories", type=int, default=4, help="rows in the grid")
+    parser.add_argument("--no-augment", action="store_true", help="leave augmented rows out")
+    parser.add_argument("--seed", type=int, default=0, help="augmentation seed of the preview")
+    args = parser.parse_args(argv)
+    if args.preview_trajectories < 1:
+        parser.error("--preview-trajectories must be >= 1")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary, rows = summarize(args.path, preview_trajectories=args.preview_trajectories
+                                  if args.preview else 0)
+    except ValueError as err:
+        parser.exit(2, f"bridge-torch-inspect: {err}\n")
+    print(json.dumps(summary) if args.json else format_summary(summary))
+    if args.preview:
+        write_preview(rows, args.preview, augment=not args.no_augment, seed=args.seed)
+        if not args.json:
+            print(f"preview: {args.preview}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""The run directory's records: its unique name, its small files, and the metrics stream.
+
+Every log event becomes one JSON line in ``metrics.jsonl`` (always written, rank 0 only) with the
+update ``step`` and keys prefixed by their split (``training/loss``, ``validation/mse``), and goes
+to W&B when ``wandb.mode`` is not "disabled". W&B is an optional extra, imported only when used.
+"""
+
+import datetime
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bridge_torch.config import WandbConfig
+from bridge_torch.distributed import DistInfo, all_reduce_sum
+
+PROJECT_DIR = "bridgedata_torch"  # <save_dir>/bridgedata_torch/<run id>/ (earlier port's layout)
+METRICS_FILE = "metrics.jsonl"
+
+
+def make_run_id(name: str) -> str:
+    """``<name>_<YYYYmmdd_HHMMSS_micro>_<4 hex>``: parallel launches never collide (bug 49)."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S_%f")
+    return f"{name}_{stamp}_{secrets.token_hex(2)}"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temporary sibling, then rename: readers never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """All log events of a run, in order."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsLogger:
+    """Appends log events to metrics.jsonl and, if configured, to W&B; a no-op unless enabled.
+
+    Only rank 0 is enabled: the metrics it logs are already reduced over ranks.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        wandb_cfg: WandbConfig,
+        *,
+        enabled: bool,
+        config: dict[str, Any],
+        resume_step: int | None = None,
+    ) -> None:
+        self.path = Path(run_dir) / METRICS_FILE
+        self._file = None
+        self._wandb_run = None
+        if not enabled:
+            return
+        if resume_step is not None:
+            self._truncate_after(resume_step)
+        self._file = open(self.path, "a")  # noqa: SIM115 - kept open for the run, closed in close()
+        if wandb_cfg.mode != "disabled":
+            self._wandb_run = _init_wandb(Path(run_dir), wandb_cfg, config)
+
+    def _truncate_after(self, step: int) -> None:
+        """Drop events logged after the checkpoint we resume from: they will be logged again."""
+        kept = [event for event in read_metrics(self.path.parent) if event["step"] <= step]
+        write_text_atomic(self.path, "".join(json.dumps(event) + "\n" for event in kept))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if self._file is None:
+            return
+        self._file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self._file.flush()
+        if self._wandb_run is not None:
+            self._wandb_run.log(metrics, step=step)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._wandb_run is not None:
+            self._wandb_run.finish()
+
+
+@dataclass
+class LogWindow:
+    """Host-side timing of the updates since the last log event (no device sync per step)."""
+
+    started: float
+    steps: int = 0
+    data_s: float = 0.0
+    update_s: float = 0.0
+
+    def add(self, data_s: float, update_s: float) -> None:
+        self.steps += 1
+        self.data_s += data_s
+        self.update_s += update_s
+
+
+def reduce_log_metrics(
+    metrics: dict[str, torch.Tensor], lr: float, window: LogWindow, global_batch: int,
+    info: DistInfo,
+) -> dict[str, float]:
+    """Mean of the last update's metrics over ranks, plus LR and throughput (log steps only).
+
+    ``tolist()`` is the window's single host-device sync; after it the wall time is exact, while
+    the data/update split is host-side (CUDA kernels may still run after their launch returns).
+    """
+    names = sorted(metrics)
+    values = torch.stack([metrics[name].detach().float() for name in names])
+    values = all_reduce_sum(values, info) / info.world_size
+    logged = {f"training/{name}": value for name, value in zip(names, values.tolist(), strict=True)}
+    elapsed = time.perf_counter() - window.started
+    logged["training/lr"] = lr
+    logged["timer/samples_per_s"] = global_batch * window.steps / max(elapsed, 1e-9)
+    logged["timer/data_s"] = window.data_s / window.steps
+    logged["timer/update_s"] = window.update_s / window.steps
+    return logged
+
+
+def _init_wandb(run_dir: Path, cfg: WandbConfig, config: dict[str, Any]) -> Any:
+    """Start (or, for a resumed run, continue) the W&B run whose id is the run directory name."""
+    try:
+        import wandb
+    except ImportError:
+        raise ImportError(
+            f"wandb.mode={cfg.mode!r} needs the W&B client: pip install bridge-torch[wandb] "
+            "(or set wandb.mode=disabled)"
+        ) from None
+    return wandb.init(
+        project=cfg.project,
+        entity=cfg.entity,
+        group=cfg.group,
+        tags=list(cfg.tags),
+        id=run_dir.name,
+        name=run_dir.name,
+        dir=str(run_dir),
+        mode=cfg.mode,
+        config=config,
+        resume="allow",
+    )
