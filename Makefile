@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo_output
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup egl demo test lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -14,8 +14,16 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,sim]"
+	$(MAKE) --no-print-directory egl
 	touch $@
+
+# Meta-World renders headless through Mesa EGL (MUJOCO_GL=egl). Installed from Debian only when
+# libEGL.so.1 is missing; without apt (or root) this warns and the sim tests will fail to render.
+egl:
+	@ldconfig -p 2>/dev/null | grep -q 'libEGL\.so\.1 ' || \
+		(apt-get update -qq && apt-get install -y -qq libegl1 libegl-mesa0 libgl1-mesa-dri) || \
+		echo "warning: could not install Mesa EGL (libegl1 libegl-mesa0 libgl1-mesa-dri)"
 
 demo: setup
 	$(VENV)/bin/bridge-torch-demo --out $(DEMO_DIR)

@@ -16,8 +16,6 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +27,8 @@ from bridge_torch.data.augment import AugmentConfig, Augmenter
 from bridge_torch.data.datasets import open_split
 from bridge_torch.data.legacy import save_out_npy
 from bridge_torch.data.sampler import SamplerConfig, TrainingData, TransitionSampler
-from bridge_torch.data.store import Trajectory, open_store, write_store
+from bridge_torch.data.store import open_store, write_store
+from common import emit, run_child, synchronize, synthetic_trajectories
 
 WINDOWS = 5  # measurement windows per configuration; the median is reported
 WARMUP_BATCHES = 3
@@ -52,36 +51,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def synthetic_trajectories(count: int, length: int, image_size: int, seed: int = 0):
-    """Random frames and smooth random proprio; enough structure for every code path."""
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        frames = rng.integers(0, 256, (length + 1, image_size, image_size, 3), dtype=np.uint8)
-        proprio = np.cumsum(rng.normal(0, 0.01, (length + 1, 7)), axis=0).astype(np.float32)
-        actions = rng.uniform(-1, 1, (length, 7)).astype(np.float32)
-        yield Trajectory(frames={"images0": frames}, proprio=proprio, actions=actions,
-                         language=["synthetic"], source=f"synthetic#{i}")
-
-
 def throughput(step, batch_size: int, seconds: float, device: torch.device) -> float:
     """Median samples/s of ``step()`` over WINDOWS windows after a warm-up."""
     for _ in range(WARMUP_BATCHES):
         step()
     rates = []
     for _ in range(WINDOWS):
-        _synchronize(device)
+        synchronize(device)
         start, batches = time.perf_counter(), 0
         while time.perf_counter() - start < seconds / WINDOWS or batches == 0:
             step()
             batches += 1
-        _synchronize(device)
+        synchronize(device)
         rates.append(batches * batch_size / (time.perf_counter() - start))
     return statistics.median(rates)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure_sampling(store_path: Path, args: argparse.Namespace) -> list[dict]:
@@ -138,9 +121,7 @@ def measure_open(workdir: Path, args: argparse.Namespace) -> list[dict]:
             ("packed store, direct", "store", packed)]
     results = []
     for label, mode, path in runs:
-        child = subprocess.run([sys.executable, __file__, "--open-child", mode, str(path)],
-                               capture_output=True, text=True, check=True)
-        report = json.loads(child.stdout.strip().splitlines()[-1])
+        report = run_child(__file__, ["--open-child", mode, str(path)])
         results.append({"what": label, **report})
         print(f"{label:30s} {report['seconds']:8.2f} s   "
               f"peak RSS {report['peak_rss_mib']:8.0f} MiB", flush=True)
@@ -178,10 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
         results = {**header, "sampling": measure_sampling(store_path, args)}
         if not args.skip_open:
             results["open"] = measure_open(workdir, args)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
-    print(json.dumps(results))
-    return results
+    return emit(results, args.json)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ frames, 240x320 JPEGs (one camera), lang.txt and saliency_map.pkl; convert it wi
 Both fixtures are session-scoped: treat them as read-only (copy before modifying).
 """
 
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,3 +39,27 @@ def converted_tree(raw_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     reports = convert(options, num_workers=1, progress=False)
     assert all(r.status == "converted" for r in reports), reports
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(converted_tree: Path, tmp_path_factory: pytest.TempPathFactory
+             ) -> Callable[[str], Path]:
+    """``tiny_run(algo)``: a real run of 4 updates (checkpoints at 2 and 4) on
+    ``converted_tree`` through the ``bridge-torch-train`` CLI, trained once per algo."""
+    runs: dict[str, Path] = {}
+
+    def make(algo: str) -> Path:
+        if algo not in runs:
+            save = tmp_path_factory.mktemp(f"runs_{algo}")
+            out = subprocess.run(
+                [sys.executable, "-m", "bridge_torch.train", f"algo={algo}",
+                 f"data_path={converted_tree}", f"save_dir={save}", "num_steps=4",
+                 "batch_size=8", "val_batch_size=16", "device=cpu", "log_interval=2",
+                 "eval_interval=4", "save_interval=2", "scheduler.warmup_steps=1",
+                 "scheduler.decay_steps=4", "encoder.name=resnetv1-mini-bridge",
+                 "encoder.num_filters=8", "model.hidden_dims=[16]", "model.score_width=16"],
+                capture_output=True, text=True, check=True)
+            runs[algo] = Path(out.stdout.strip().splitlines()[-1].removeprefix("run_dir: "))
+        return runs[algo]
+
+    return make

@@ -103,6 +103,10 @@ def test_killed_save_leaves_previous_checkpoint_usable(tmp_path):
         checkpoint.load(checkpoint.checkpoint_path(tmp_path, 1))["model"]["w"], torch.ones(3)
     )
     assert checkpoint.latest_checkpoint(tmp_path).name == "ckpt_1.pt"  # the temp file is ignored
+    partial = [p for p in tmp_path.iterdir() if p.name != "ckpt_1.pt"]
+    assert len(partial) == 1 and partial[0].stat().st_size > 0  # killed mid-write
+    assert checkpoint.remove_partial(tmp_path) == partial  # what resume does first
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt_1.pt"]
 
 
 def test_latest_and_prune_order_by_step_not_name(tmp_path):

@@ -66,6 +66,19 @@ def test_collectives_are_identities_in_a_world_of_one():
     distributed.barrier(info)  # no process group: returns at once
 
 
+def test_peer_failure_names_a_lost_rank_and_ignores_other_errors():
+    two = DistInfo(1, 1, 2)
+    gloo = RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:1234. Check logs")
+    failure = distributed.peer_failure(gloo, two, step=7)
+    assert isinstance(failure, distributed.PeerFailure) and str(failure) == (
+        "rank 1 of 2 lost contact with another rank after step 7: a rank probably died (check "
+        "its log for the first error) or hangs beyond ddp.timeout_s (RuntimeError: [pair.cc:553] "
+        "Connection closed by peer [127.0.0.1]:1234. Check logs)")
+    assert distributed.peer_failure(dist.DistBackendError("NCCL watchdog"), two, 1) is not None
+    assert distributed.peer_failure(RuntimeError("CUDA out of memory"), two, 1) is None
+    assert distributed.peer_failure(gloo, DistInfo(), 1) is None  # no peers to lose
+
+
 class TinyAgent(nn.Module):
     """The agent contract in miniature: forward == loss -> (loss, metrics)."""
 

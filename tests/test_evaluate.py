@@ -1,8 +1,7 @@
 """bridge-torch-eval: strict loading, statistics check, metrics with the baseline, plot."""
 
 import json
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,43 +10,35 @@ import torch
 from bridge_torch.evaluate import evaluate_run, format_table, main, statistics_mismatch
 
 
-@pytest.fixture(scope="module")
-def tiny_run(converted_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real bc run of 4 updates on the shared 32 px fixture data."""
-    save = tmp_path_factory.mktemp("runs")
-    out = subprocess.run(
-        [sys.executable, "-m", "bridge_torch.train", "algo=bc", f"data_path={converted_tree}",
-         f"save_dir={save}", "num_steps=4", "batch_size=8", "val_batch_size=16", "device=cpu",
-         "log_interval=2", "eval_interval=4", "save_interval=2", "scheduler.warmup_steps=1",
-         "scheduler.decay_steps=4", "encoder.name=resnetv1-mini-bridge", "encoder.num_filters=8",
-         "model.hidden_dims=[16]"], capture_output=True, text=True, check=True)
-    return Path(out.stdout.strip().splitlines()[-1].removeprefix("run_dir: "))
+@pytest.fixture
+def bc_run(tiny_run: Callable[[str], Path]) -> Path:
+    return tiny_run("bc")
 
 
 @pytest.mark.slow
-def test_json_metrics_baseline_and_plot(tiny_run: Path, tmp_path: Path) -> None:
-    main([str(tiny_run), "--device", "cpu", "--json", str(tmp_path / "m.json"),
+def test_json_metrics_baseline_and_plot(bc_run: Path, tmp_path: Path) -> None:
+    main([str(bc_run), "--device", "cpu", "--json", str(tmp_path / "m.json"),
           "--plot", str(tmp_path / "a.png")])
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["step"] == 4 and metrics["algo"] == "bc"
     assert {"mse", "actor_loss", "baseline_mse", "transitions"} <= set(metrics)
     assert metrics["baseline_mse"] > 0 and metrics["transitions"] > 0
     assert (tmp_path / "a.png").stat().st_size > 1000
-    earlier = evaluate_run(tiny_run, checkpoint=2)
+    earlier = evaluate_run(bc_run, checkpoint=2)
     assert earlier["step"] == 2 and earlier["mse"] != metrics["mse"]
     assert "bc" in format_table([metrics])
-    again = evaluate_run(tiny_run)
+    again = evaluate_run(bc_run)
     assert again["mse"] == pytest.approx(metrics["mse"])  # deterministic pass
 
 
 @pytest.mark.slow
-def test_tampered_checkpoint_is_refused_strictly(tiny_run: Path, tmp_path: Path) -> None:
-    state = torch.load(tiny_run / "ckpt_4.pt", weights_only=True)
+def test_tampered_checkpoint_is_refused_strictly(bc_run: Path, tmp_path: Path) -> None:
+    state = torch.load(bc_run / "ckpt_4.pt", weights_only=True)
     state["model"]["extra.weight"] = torch.zeros(1)
     state["ema"] = None
     torch.save(state, tmp_path / "ckpt_4.pt")
     with pytest.raises(ValueError, match=r"extra\.weight"):
-        evaluate_run(tiny_run, checkpoint=tmp_path / "ckpt_4.pt")
+        evaluate_run(bc_run, checkpoint=tmp_path / "ckpt_4.pt")
 
 
 def test_statistics_mismatch_names_the_keys() -> None:
@@ -61,7 +52,7 @@ def test_statistics_mismatch_names_the_keys() -> None:
 
 
 @pytest.mark.slow
-def test_other_data_is_refused_unless_allowed(tiny_run: Path, raw_tree: Path,
+def test_other_data_is_refused_unless_allowed(bc_run: Path, raw_tree: Path,
                                               tmp_path: Path) -> None:
     from bridge_torch.data.convert import ConvertOptions, convert
 
@@ -69,6 +60,6 @@ def test_other_data_is_refused_unless_allowed(tiny_run: Path, raw_tree: Path,
     convert(ConvertOptions(raw_tree, other, im_size=32, train_proportion=0.5, seed=7,
                            format="packed"), num_workers=1, progress=False)
     with pytest.raises(ValueError, match="statistics differ"):
-        evaluate_run(tiny_run, data_path=str(other))
-    result = evaluate_run(tiny_run, data_path=str(other), allow_stats_mismatch=True)
+        evaluate_run(bc_run, data_path=str(other))
+    result = evaluate_run(bc_run, data_path=str(other), allow_stats_mismatch=True)
     assert result["transitions"] > 0

@@ -1,7 +1,6 @@
 """Policy: history, chunk execution, un-normalisation, sticky gripper, batching, from_run."""
 
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,10 @@ from bridge_torch.policy import BatchedPolicy, Policy, resize_frame
 
 STATS = {"actions": {"mean": [1.0] * 7, "std": [2.0] * 7, "min": [0.0] * 7, "max": [1.0] * 7},
          "proprio": {"mean": [0.5] * 7, "std": [0.25] * 7, "min": [0.0] * 7, "max": [1.0] * 7}}
+
+@pytest.fixture
+def gc_bc_run(tiny_run: Callable[[str], Path]) -> Path:
+    return tiny_run("gc_bc")
 
 
 class FakeEncoder(nn.Module):
@@ -126,22 +129,9 @@ def test_batched_equals_independent_single_policies() -> None:
     assert batched.fresh.tolist() == [False, True]
 
 
-@pytest.fixture(scope="module")
-def tiny_run(converted_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real gc_bc run of 4 updates on the shared 32 px fixture data."""
-    save = tmp_path_factory.mktemp("runs")
-    out = subprocess.run(
-        [sys.executable, "-m", "bridge_torch.train", "algo=gc_bc", f"data_path={converted_tree}",
-         f"save_dir={save}", "num_steps=4", "batch_size=8", "val_batch_size=16", "device=cpu",
-         "log_interval=2", "eval_interval=4", "save_interval=4", "scheduler.warmup_steps=1",
-         "scheduler.decay_steps=4", "encoder.name=resnetv1-mini-bridge", "encoder.num_filters=8",
-         "model.hidden_dims=[16]"], capture_output=True, text=True, check=True)
-    return Path(out.stdout.strip().splitlines()[-1].removeprefix("run_dir: "))
-
-
 @pytest.mark.slow
-def test_from_run_restores_a_trained_policy(tiny_run: Path) -> None:
-    policy = Policy.from_run(tiny_run, device="cpu")
+def test_from_run_restores_a_trained_policy(gc_bc_run: Path) -> None:
+    policy = Policy.from_run(gc_bc_run, device="cpu")
     frame = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
     first = policy.act(frame, goal_image=frame)
     assert first.shape == (7,) and first.dtype == np.float32 and first[-1] in (0.0, 1.0)

@@ -10,7 +10,9 @@ Loading uses ``torch.load(weights_only=True)``: no pickled objects, no code exec
 
 import json
 import os
+import pickle
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from bridge_torch.agents import build_agent
 from bridge_torch.config import TrainConfig, load_config
 
 CHECKPOINT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
+PARTIAL_RE = re.compile(r"^\.ckpt_\d+\.pt\.\d+\.tmp$")  # save()'s temp file while it writes
 REQUIRED_KEYS = ("step", "config", "stats", "agent_shapes", "model", "ema")
 
 
@@ -48,8 +51,12 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def save(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically: temp file in the same dir, fsync, rename.
 
-    A crash mid-write leaves at most a stray ``.tmp`` file; the final name only ever holds a
-    complete checkpoint, and an earlier checkpoint is never touched.
+    A crash mid-write leaves at most a stray ``.tmp`` file (removed by :func:`remove_partial`
+    on resume); the final name only ever holds a complete checkpoint, and an earlier checkpoint
+    is never touched.
+
+    Raises:
+        OSError: the write failed (e.g. a full disk); says so instead of torch's zip-writer error.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -59,6 +66,11 @@ def save(path: Path, state: dict[str, Any]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch's writer reports ENOSPC/EFBIG as RuntimeError
+        free = shutil.disk_usage(path.parent).free
+        raise OSError(f"cannot write checkpoint {path} ({type(err).__name__}: {err}); is the "
+                      f"disk full ({free} bytes free) or a file-size limit reached? Earlier "
+                      "checkpoints are unchanged") from err
     finally:
         tmp.unlink(missing_ok=True)
     directory = os.open(path.parent, os.O_RDONLY)
@@ -73,11 +85,29 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's advice to retry with weights_only=False: no
+        raise ValueError(f"refusing to load {path}: it holds pickled objects other than tensors "
+                         f"and plain containers, which could run code ({err})") from err
+    except (RuntimeError, EOFError) as err:
+        raise ValueError(f"cannot read checkpoint {path}: truncated or corrupt? ({err})") from err
     missing = [key for key in REQUIRED_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
         raise ValueError(f"{path} is not a bridge-torch checkpoint: missing keys {missing}")
     return state
+
+
+def remove_partial(run_dir: Path) -> list[Path]:
+    """Delete temp files of checkpoint writes that were killed; return them.
+
+    Why: a killed :func:`save` leaves ``.ckpt_<step>.pt.<pid>.tmp`` as large as a checkpoint;
+    no loader ever picks it, but nobody else would ever delete it either.
+    """
+    removed = [p for p in Path(run_dir).iterdir() if PARTIAL_RE.match(p.name) and p.is_file()]
+    for path in removed:
+        path.unlink(missing_ok=True)  # another rank may have removed it already
+    return removed
 
 
 def prune(run_dir: Path, keep_last: int | None) -> list[Path]:

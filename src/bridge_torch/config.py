@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+import yaml
 from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from bridge_torch.agents import AGENTS
 from bridge_torch.agents.base import AgentConfig
@@ -180,6 +182,32 @@ class WandbConfig:
 
 
 @dataclass
+class SimEvalConfig:
+    """Closed-loop success on Meta-World during training (``bridge_torch.sim``, the sim extra)."""
+
+    interval: int = 0  # updates between sim evaluations (and after the last); 0 = off
+    tasks: list[str] = field(default_factory=list)  # Meta-World tasks, e.g. [reach-v3, push-v3]
+    episodes: int = 2  # held-out episodes per task
+    seed: int = 1000  # first held-out episode seed (bridge-torch-sim collect starts at 0)
+    max_steps: int = 200  # policy steps per episode before it counts as a failure
+    camera: str = "corner2"  # as bridge-torch-sim collect: the policy must see the same view
+    camera_position: Optional[list[float]] = field(default_factory=lambda: [0.75, 0.075, 0.7])
+    render_size: int = 128  # rendered frame side in pixels (resized to the model's input)
+
+    def __post_init__(self) -> None:
+        if self.interval < 0:
+            raise ValueError(f"sim_eval.interval must be >= 0 (0 = off), got {self.interval}")
+        if self.interval and not self.tasks:
+            raise ValueError("sim_eval.interval > 0 needs sim_eval.tasks, e.g. [reach-v3]")
+        for key in ("episodes", "max_steps", "render_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"sim_eval.{key} must be >= 1, got {getattr(self, key)}")
+        if self.camera_position is not None and len(self.camera_position) != 3:
+            raise ValueError(f"sim_eval.camera_position must be [x, y, z] or null, got "
+                             f"{self.camera_position}")
+
+
+@dataclass
 class TrainConfig:
     """Everything a training run needs; saved resolved in the run directory and every checkpoint."""
 
@@ -210,6 +238,7 @@ class TrainConfig:
     compile: CompileConfig = field(default_factory=CompileConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    sim_eval: SimEvalConfig = field(default_factory=SimEvalConfig)
 
     def __post_init__(self) -> None:
         if self.algo not in AGENTS:
@@ -253,10 +282,17 @@ def to_yaml(config: TrainConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(config), resolve=True)
 
 
+def _read_saved(path: Path) -> DictConfig:
+    """A saved config.yaml merged onto the schema; an unknown key or wrong type names the file."""
+    try:
+        return OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(path))
+    except (OmegaConfBaseException, yaml.YAMLError) as err:
+        raise ValueError(f"{path} is not a valid bridge-torch config: {err}") from err
+
+
 def load_config(path: Path) -> TrainConfig:
     """Read a saved config.yaml back into a validated ``TrainConfig``."""
-    saved = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(path))
-    return OmegaConf.to_object(saved)
+    return OmegaConf.to_object(_read_saved(path))
 
 
 def resolve_config(cfg: DictConfig, overrides: list[str]) -> TrainConfig:
@@ -271,9 +307,7 @@ def resolve_config(cfg: DictConfig, overrides: list[str]) -> TrainConfig:
     run_dir = Path(cfg.resume).expanduser().resolve()
     if not (run_dir / "config.yaml").is_file():
         raise ValueError(f"resume={cfg.resume}: no config.yaml in {run_dir}; not a run directory")
-    saved = OmegaConf.merge(
-        OmegaConf.structured(TrainConfig), OmegaConf.load(run_dir / "config.yaml")
-    )
+    saved = _read_saved(run_dir / "config.yaml")
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
         if key in CONFIG_GROUPS:

@@ -81,6 +81,34 @@ def init_process_group(info: DistInfo, device: torch.device, timeout_s: float) -
     )
 
 
+# What gloo/NCCL/the store say when another rank died or hangs (gloo: "Connection closed by peer")
+PEER_LOST_MARKERS = ("connection closed by peer", "connection reset by peer", "broken pipe",
+                     "timed out", "timeout")
+
+
+class PeerFailure(RuntimeError):
+    """This rank stopped because another rank of the job died or stopped answering."""
+
+
+def peer_failure(err: BaseException, info: DistInfo, step: int) -> PeerFailure | None:
+    """``err`` explained as a lost peer, or None when it is not one (or there are no peers).
+
+    Why: a dead rank surfaces on the others as a backend error from deep inside a collective
+    (a gloo socket error, an NCCL watchdog timeout); this names the rank, the step and the
+    likely cause, so the job's last error line says what happened.
+    """
+    if not info.is_distributed:
+        return None
+    text = str(err).lower()
+    if not isinstance(err, dist.DistError) and not any(m in text for m in PEER_LOST_MARKERS):
+        return None
+    return PeerFailure(
+        f"rank {info.rank} of {info.world_size} lost contact with another rank after step {step}:"
+        f" a rank probably died (check its log for the first error) or hangs beyond ddp.timeout_s"
+        f" ({type(err).__name__}: {(str(err).splitlines() or [''])[0]})"
+    )
+
+
 def destroy_process_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -42,6 +42,7 @@ from bridge_torch.ema import EMA
 from bridge_torch.optim import build_optimizer, build_scheduler
 from bridge_torch.run_data import RunData, load_run_data
 from bridge_torch.run_logging import LogWindow, MetricsLogger, reduce_log_metrics
+from bridge_torch.sim.training import check_sim_available, sim_eval_metrics
 from bridge_torch.training_state import (
     TrainState,
     prepare_run_dir,
@@ -71,6 +72,7 @@ def train(config: TrainConfig) -> Path:
     if device.type == "cuda" and config.amp.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for the float32 matmuls/convs
         torch.backends.cudnn.allow_tf32 = True
+    check_sim_available(config)
     run_dir = prepare_run_dir(config, info)
     resumed = checkpoint.load(checkpoint.latest_checkpoint(run_dir)) if config.resume else None
 
@@ -90,6 +92,7 @@ def train(config: TrainConfig) -> Path:
     progress = tqdm(total=config.num_steps, initial=start_step, disable=not info.is_main,
                     desc=run_dir.name, dynamic_ncols=True)
     window = LogWindow(time.perf_counter())
+    done = start_step  # updates completed (named when a lost rank stops the run)
     try:
         for step in range(start_step, config.num_steps):
             started = time.perf_counter()
@@ -113,8 +116,16 @@ def train(config: TrainConfig) -> Path:
                 val_metrics = evaluate(eval_agent, batches, seed=config.seed, info=info,
                                        amp_dtype=amp_dtype)
                 logger.log(done, {f"validation/{k}": v for k, v in val_metrics.items()})
+            sim_every = config.sim_eval.interval  # closed loop, main rank only (one renderer)
+            if info.is_main and sim_every and (done % sim_every == 0 or last):
+                logger.log(done, sim_eval_metrics(eval_agent, data.stats, config))
             if done % config.log_interval == 0:
                 window = LogWindow(time.perf_counter())  # checkpoint/eval time is not training
+    except RuntimeError as err:  # a rank died: say so, not just a backend error from a collective
+        failure = distributed.peer_failure(err, info, done)
+        if failure is None:
+            raise
+        raise failure from err
     finally:  # ---- close (also on errors and Ctrl-C) -----------------------------------------
         progress.close()
         logger.close()

@@ -84,6 +84,8 @@ def prepare_run_dir(config: TrainConfig, info: DistInfo) -> Path:
         run_dir = Path(config.resume)
         if checkpoint.latest_checkpoint(run_dir) is None:
             raise FileNotFoundError(f"resume={config.resume}: no ckpt_<step>.pt to resume from")
+        for partial in checkpoint.remove_partial(run_dir) if info.is_main else []:
+            log.warning("removed %s, left by a checkpoint write that was interrupted", partial)
         return run_dir
     run_dir = None
     if info.is_main:

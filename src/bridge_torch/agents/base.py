@@ -5,6 +5,10 @@ is ``loss``, so DDP's gradient all-reduce runs when the trainer calls the wrappe
 ``sample_actions`` for deployment. Agents never call backward, read the rank or touch the
 optimizer; the trainer owns those and keeps the EMA copy that sampling uses. Metrics are detached
 0-dim tensors, never ``.item()``: the trainer syncs only on log steps.
+
+Randomness: training noise (dropout, DDPM timesteps and ε) comes from the global torch RNG, which
+the trainer seeds per rank; sampling and validation draw from the ``generator`` they are given,
+so they are deterministic and independent of the training streams.
 """
 
 from dataclasses import dataclass, field
@@ -13,7 +17,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from bridge_torch.batch import ACTIONS, OBSERVATIONS, SALIENCY, SALIENCY_MASK
+from bridge_torch.batch import ACTIONS, GOALS, OBSERVATIONS, SALIENCY, SALIENCY_MASK
+from bridge_torch.models.diffusion import BETA_SCHEDULES
 from bridge_torch.models.saliency import SaliencyConfig, predicted_mask, saliency_loss
 
 Batch = dict[str, Any]
@@ -27,11 +32,14 @@ class AgentConfig:
     hidden_dims: list[int] = field(default_factory=lambda: [256, 256, 256])  # policy MLP widths
     dropout_rate: float = 0.1  # policy MLP and score-network dropout (JAX 0.1)
     use_layer_norm: bool = False  # LayerNorm in the policy MLP (JAX False)
-    # Gaussian std: fixed per action dim (JAX [1]*7); None -> learned (state-dependent or global)
+    # BC Gaussian std: fixed, one value per action dim or one for all (JAX [1]*7; no parameter);
+    # None -> learned: a Dense head if state_dependent_std, else a per-dim log-std (zero init)
     fixed_std: Optional[list[float]] = field(default_factory=lambda: [1.0] * 7)
     state_dependent_std: bool = False  # std from a Dense head when fixed_std is None (JAX False)
-    tanh_squash_distribution: bool = False  # tanh-squashed Gaussian (JAX False)
-    temperature: float = 1.0  # sampling: std (BC) or noise (DDPM) multiplier
+    tanh_squash_distribution: bool = False  # tanh-squashed Gaussian, mode tanh(mean) (JAX False)
+    # sampling only: BC divides the clipped log-std by it (JAX Policy, quirk 59: no effect with
+    # std 1), must be > 0 there; DDPM multiplies the injected noise by it (0 = no noise)
+    temperature: float = 1.0
     use_proprio: bool = False  # concatenate the proprio history to the image features (JAX False)
     early_goal_concat: bool = True  # GC: stack obs and goal on channels, one pass (JAX True)
     shared_goal_encoder: bool = True  # GC late fusion: goal through the obs encoder (JAX True)
@@ -57,6 +65,23 @@ class AgentConfig:
                              "repeat_last_step >= 0 required")
         if self.time_dim < 2 or self.time_dim % 2:
             raise ValueError(f"model.time_dim must be a positive even number, got {self.time_dim}")
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"model.beta_schedule must be one of {BETA_SCHEDULES}, "
+                             f"got {self.beta_schedule!r}")
+        if self.score_width < 1 or self.num_blocks < 0 or self.action_clip <= 0:
+            raise ValueError("model.score_width >= 1, num_blocks >= 0 and action_clip > 0 "
+                             "required")
+
+
+def standard_normal(shape: tuple[int, ...], *, device: torch.device,
+                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """N(0, I) float32 noise on ``device``, drawn from ``generator`` wherever that lives.
+
+    Drawing on the generator's own device keeps a CPU generator usable with a CUDA agent (and
+    the numbers identical across devices); without a generator the global RNG of ``device``.
+    """
+    source = device if generator is None else generator.device
+    return torch.randn(shape, generator=generator, device=source).to(device)
 
 
 class Agent(nn.Module):
@@ -67,25 +92,40 @@ class Agent(nn.Module):
         self.saliency = saliency
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
+        """``loss(batch)``: the trainer calls the (DDP-wrapped) module so gradients all-reduce."""
         return self.loss(batch)
 
-    def loss(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
+    def loss(self, batch: Batch, generator: Optional[torch.Generator] = None
+             ) -> tuple[torch.Tensor, Metrics]:
+        """Training loss (float32 scalar, differentiable) and detached 0-dim metrics.
+
+        ``generator`` (optional) drives the loss's own noise (DDPM timesteps and ε) instead of
+        the global RNG; validation passes one so its numbers are reproducible.
+        """
         raise NotImplementedError
 
     def sample_actions(self, observations: dict[str, torch.Tensor],
                        goals: Optional[dict[str, torch.Tensor]] = None, *, argmax: bool = False,
                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Normalised actions (B, T_act, A); call in eval mode (dropout off)."""
+        """Normalised float32 actions (B, T_act, A); eval mode only (dropout off, bug 27).
+
+        Args:
+            observations: ``image`` uint8 (B, K, H, W, 3), ``proprio`` float (B, K, P) if used.
+            goals: ``image`` uint8 (B, H, W, 3); required by goal-conditioned agents.
+            argmax: the distribution's mode instead of a sample (ignored by DDPM, as JAX).
+            generator: source of all sampling noise; same generator state -> same actions.
+        """
         raise NotImplementedError
 
     def validation_metrics(self, batch: Batch,
                            generator: Optional[torch.Generator] = None) -> Metrics:
-        """Loss metrics plus ``mse``: mean over the batch of the summed squared error of the
-        deterministic action prediction (a full reverse diffusion for DDPM)."""
+        """Loss metrics plus ``mse``: mean over the batch of the sum over (T_act, A) of the
+        squared error of ``sample_actions(argmax=True)`` (a full reverse diffusion for DDPM).
+        Eval mode only; deterministic given ``generator``."""
         self._require_eval()
         with torch.no_grad():
-            _, metrics = self.loss(batch)
-            predicted = self.sample_actions(batch[OBSERVATIONS], batch.get("goals"),
+            _, metrics = self.loss(batch, generator=generator)
+            predicted = self.sample_actions(batch[OBSERVATIONS], batch.get(GOALS),
                                             argmax=True, generator=generator)
             error = (predicted.float() - batch[ACTIONS].float()).pow(2).flatten(1).sum(1)
         return {**metrics, "mse": error.mean()}
@@ -97,17 +137,22 @@ class Agent(nn.Module):
 
     def _add_saliency(self, loss: torch.Tensor, metrics: Metrics, batch: Batch,
                       feature_map: torch.Tensor) -> torch.Tensor:
-        """Add ``weight * saliency_reg`` when enabled; record ``saliency_reg``, ``total_loss``."""
+        """Add ``weight * saliency_reg`` when enabled; record ``saliency_reg``, ``total_loss``.
+
+        ``feature_map`` (B, C, h, w) is the encoder's last map of the current observation frame
+        (see ``agents/encoding.py`` for which pass that is under each goal fusion).
+        """
         if self.saliency.enabled:
             observations = batch[OBSERVATIONS]
-            if SALIENCY not in observations:
+            if SALIENCY not in observations or SALIENCY_MASK not in observations:
                 raise KeyError("saliency.enabled is set but the batch has no observations."
-                               "saliency targets (load them with data.load_saliency)")
+                               "saliency / saliency_mask targets (load them with "
+                               "data.load_saliency)")
             if feature_map.shape[-2] * feature_map.shape[-1] == 1:
                 raise ValueError("saliency needs a feature map larger than 1x1 (a softmax over "
                                  "one position is constant): use larger images or a shallower "
                                  "encoder")
-            target = observations[SALIENCY]
+            target = observations[SALIENCY]  # (B, H, W)
             prediction = predicted_mask(feature_map, tuple(target.shape[-2:]),
                                         beta=self.saliency.beta,
                                         channel_reduction=self.saliency.channel_reduction)
@@ -117,4 +162,3 @@ class Agent(nn.Module):
             loss = loss + self.saliency.weight * reg
         metrics["total_loss"] = loss.detach()
         return loss
-

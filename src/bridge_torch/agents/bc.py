@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from bridge_torch.agents.base import Agent, AgentConfig, Batch, Metrics
+from bridge_torch.agents.base import Agent, AgentConfig, Batch, Metrics, standard_normal
 from bridge_torch.agents.encoding import ObservationEncoder
 from bridge_torch.batch import ACTIONS, GOALS, OBSERVATIONS
 from bridge_torch.models.mlp import MLP, xavier_linear
@@ -93,7 +93,10 @@ class BCAgent(Agent):
         mean, std = self.head(self.mlp(features))
         return mean, std, feature_map
 
-    def loss(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
+    def loss(self, batch: Batch, generator: Optional[torch.Generator] = None
+             ) -> tuple[torch.Tensor, Metrics]:
+        """Mean −log π(a | o, g); the Gaussian loss draws no noise, so ``generator`` is unused."""
+        del generator
         mean, std, feature_map = self._distribution(batch[OBSERVATIONS], batch.get(GOALS))
         mean, std = mean.float(), std.float()
         actions = batch[ACTIONS].float()
@@ -118,7 +121,8 @@ class BCAgent(Agent):
             mean, std, _ = self._distribution(observations, goals)
             mean, std = mean.float(), std.float()
             if not argmax:
-                noise = torch.randn(mean.shape, generator=generator, device=mean.device)
+                noise = standard_normal(tuple(mean.shape), device=mean.device,
+                                        generator=generator)
                 mean = mean + noise * std * self.cfg.temperature
             return torch.tanh(mean) if self.cfg.tanh_squash_distribution else mean
 

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from bridge_torch.agents.base import Agent, AgentConfig, Batch, Metrics
+from bridge_torch.agents.base import Agent, AgentConfig, Batch, Metrics, standard_normal
 from bridge_torch.agents.encoding import ObservationEncoder
 from bridge_torch.batch import ACTIONS, GOALS, OBSERVATIONS
 from bridge_torch.models.diffusion import ScoreNetwork, beta_schedule
@@ -43,12 +43,15 @@ class GCDDPMBCAgent(Agent):
         self.register_buffer("alphas", alphas.float(), persistent=False)
         self.register_buffer("alpha_bars", torch.cumprod(alphas, 0).float(), persistent=False)
 
-    def loss(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
+    def loss(self, batch: Batch, generator: Optional[torch.Generator] = None
+             ) -> tuple[torch.Tensor, Metrics]:
         features, feature_map = self.encoder(batch[OBSERVATIONS], batch.get(GOALS))
         actions = batch[ACTIONS].float()
-        b = actions.shape[0]
-        t = torch.randint(0, self.cfg.diffusion_steps, (b,), device=actions.device)
-        noise = torch.randn_like(actions)
+        b, device = actions.shape[0], actions.device
+        source = device if generator is None else generator.device
+        t = torch.randint(0, self.cfg.diffusion_steps, (b,), generator=generator,
+                          device=source).to(device)
+        noise = standard_normal(tuple(actions.shape), device=device, generator=generator)
         alpha_bar = self.alpha_bars[t][:, None, None]
         noisy = alpha_bar.sqrt() * actions + (1 - alpha_bar).sqrt() * noise
         predicted = self.score(features, noisy.flatten(1), t.float()[:, None])
@@ -66,7 +69,7 @@ class GCDDPMBCAgent(Agent):
         with torch.no_grad():
             features, _ = self.encoder(observations, goals)
             b, device = features.shape[0], features.device
-            x = torch.randn((b, *self.action_shape), generator=generator, device=device)
+            x = standard_normal((b, *self.action_shape), device=device, generator=generator)
             steps = list(range(self.cfg.diffusion_steps - 1, -1, -1))
             for t in steps + [0] * self.cfg.repeat_last_step:
                 x = self._denoise_step(features, x, t, generator)
@@ -80,7 +83,7 @@ class GCDDPMBCAgent(Agent):
         alpha, alpha_bar = self.alphas[t], self.alpha_bars[t]
         x = (x - (1 - alpha) / (1 - alpha_bar).sqrt() * eps) / alpha.sqrt()
         if t > 0:
-            z = torch.randn(x.shape, generator=generator, device=x.device)
+            z = standard_normal(tuple(x.shape), device=x.device, generator=generator)
             x = x + self.betas[t].sqrt() * self.cfg.temperature * z
         if self.cfg.clip_sampler:
             x = x.clamp(-self.cfg.action_clip, self.cfg.action_clip)

@@ -178,24 +178,28 @@ def _fresh_cache(store_dir: Path, legacy_path: Path) -> PackedStore | None:
     return store
 
 
-def _pack_legacy(legacy_path: Path, store_dir: Path) -> PackedStore:
-    """Parse out.npy (pickle, once) and write it as a packed store at ``store_dir``."""
+def _pack_legacy(legacy_path: Path, store_dir: Path, data_root: Path) -> PackedStore:
+    """Parse out.npy (pickle, once; only inside ``data_root``) and pack it at ``store_dir``."""
     record = file_fingerprint(legacy_path)
     log.info("packing %s into %s (once; later runs reuse the packed store)", legacy_path,
              store_dir)
-    trajectories = legacy.legacy_to_trajectories(legacy.load_out_npy(legacy_path), legacy_path)
+    trajectories = legacy.legacy_to_trajectories(
+        legacy.load_out_npy(legacy_path, data_root=data_root), legacy_path)
     source = {"format": LEGACY_FILE, LEGACY_SOURCE_KEY: record}
     return open_store(write_store(store_dir, trajectories, cameras=LEGACY_CAMERAS, source=source))
 
 
-def open_split(task_dir: Path, split: str) -> PackedStore:
+def open_split(task_dir: Path, split: str, data_root: Path | None = None) -> PackedStore:
     """Open one split of a task directory as a packed store, packing a legacy out.npy if needed.
 
     Prefers ``<task>/<split>/packed/``; an out.npy next to it is packed (into ``packed/`` or the
     fallback cache) when no fresh packed store of it exists.
 
+    Args:
+        data_root: the data path an out.npy must lie in (it is pickle); None = ``task_dir``.
     Raises:
-        ValueError: the split directory holds neither out.npy nor a packed store.
+        ValueError: the split directory holds neither out.npy nor a packed store, or its out.npy
+            resolves to a file outside ``data_root``.
     """
     split_dir = Path(task_dir) / split
     legacy_path, packed_dir = split_dir / LEGACY_FILE, split_dir / PACKED_DIR
@@ -211,10 +215,10 @@ def open_split(task_dir: Path, split: str) -> PackedStore:
             return store
     if _is_writable(split_dir):
         try:
-            return _pack_legacy(legacy_path, packed_dir)
+            return _pack_legacy(legacy_path, packed_dir, data_root or task_dir)
         except PermissionError as err:
             log.warning("cannot write %s (%s): caching in %s", packed_dir, err, fallback)
-    return _pack_legacy(legacy_path, fallback)
+    return _pack_legacy(legacy_path, fallback, data_root or task_dir)
 
 
 def open_sub_datasets(data_path: Path, include: list[list[str]], exclude: list[str],
@@ -229,7 +233,7 @@ def open_sub_datasets(data_path: Path, include: list[list[str]], exclude: list[s
         present = [task for task in tasks if has_split(task, split)]
         for task in sorted(set(tasks) - set(present)):
             log.info("task %s has no %s split: skipped", task, split)
-        groups.append([open_split(task, split) for task in present])
+        groups.append([open_split(task, split, data_path) for task in present])
     return groups
 
 

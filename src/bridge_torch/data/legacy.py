@@ -57,16 +57,26 @@ def _warn_pickle(path: str) -> None:
                 "training packs it once into a pickle-free store", path)
 
 
-def load_out_npy(path: Path) -> list[dict[str, Any]]:
+def load_out_npy(path: Path, *, data_root: Path | None = None) -> list[dict[str, Any]]:
     """Load and validate a legacy out.npy. WARNING: this unpickles the file.
 
+    Args:
+        data_root: the user's data directory; the file (symlinks resolved) must lie inside it,
+            so a link planted in the data cannot make training unpickle a file from elsewhere.
+            None: the caller names the file explicitly (e.g. ``bridge-torch-inspect <file>``).
     Returns:
         The list of trajectory dicts (reference-spec §5).
     Raises:
-        ValueError: unreadable file, not a 1-D object array, or a malformed trajectory (the
-            message names the file, the trajectory index and what was expected vs found).
+        ValueError: a file outside ``data_root``, an unreadable file, not a 1-D object array, or
+            a malformed trajectory (the message names the file, the trajectory index and what
+            was expected vs found).
     """
     path = Path(path)
+    root = Path(data_root).expanduser().resolve() if data_root is not None else None
+    if root is not None and not path.resolve().is_relative_to(root):
+        raise ValueError(f"refusing to unpickle {path}: it resolves to {path.resolve()}, outside "
+                         f"the data path {data_root}; out.npy is pickle and runs code when "
+                         "loaded, so it is only read from the data path you configured")
     _warn_pickle(str(path.absolute()))
     try:
         array = np.load(path, allow_pickle=True)

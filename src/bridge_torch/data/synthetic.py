@@ -7,8 +7,10 @@ The marker moves toward the block with noisy proportional steps, descends, close
 through intermediate commands (so the §6.3 binarisation is exercised) and lifts the block.
 End-effector x, y map linearly to pixels, so a policy conditioned on the image (and a goal image)
 can learn the commanded motion ``[dx, dy, dz, droll, dpitch, dyaw, gripper]``; ``full_state``
-integrates it with noise. Dated folders before 2021-07-23 (``dates_before_cutoff``) show each
-state one frame late, the camera delay the converter's latency shift compensates.
+integrates it with noise. The wrist rotation follows the motion, so all seven action dimensions
+are predictable from what the camera sees. Dated folders before 2021-07-23
+(``dates_before_cutoff``) show each state one frame late, the camera delay the converter's
+latency shift compensates.
 
 Everything derives from the seed (one generator per folder and trajectory, keyed by its
 indices), so the same arguments give byte-identical trees.
@@ -37,6 +39,7 @@ WORKSPACE_LOW = np.array([0.15, -0.15, 0.02])  # end-effector x, y, z bounds in 
 WORKSPACE_HIGH = np.array([0.40, 0.15, 0.20])
 GRASP_Z = 0.04  # height at which the gripper closes
 IMAGE_MARGIN = 0.08  # fraction of the image left around the workspace
+WRIST_GAIN = 4.0  # rad of wrist rotation per metre of end-effector motion
 STEP_SECONDS = 0.2  # time between frames (the robot's 5 Hz control rate)
 COLORS = {"red": (210, 40, 40), "blue": (40, 70, 210), "yellow": (225, 200, 30),
           "purple": (150, 50, 170), "orange": (240, 130, 20), "cyan": (30, 190, 200)}
@@ -86,7 +89,10 @@ def _simulate(rng: np.random.Generator, steps: int) -> tuple[np.ndarray, np.ndar
         else:
             move = rng.normal(0.0, 0.002, 3) + (t >= approach + 2) * np.array([0, 0, 0.03])
         actions[t, :3] = move
-        actions[t, 3:6] = -0.2 * state[t, 3:6] + rng.normal(0.0, 0.02, 3)
+        # the wrist tilts with the motion (roll, pitch) and turns as it descends (yaw), so the
+        # rotation commands are as predictable from the images as the translation
+        actions[t, 3:6] = WRIST_GAIN * np.array([-move[1], move[0], move[2]])
+        actions[t, 3:6] += rng.normal(0.0, 0.002, 3)
         actions[t, 6] = gripper_commands[t]
         state[t + 1, :3] = np.clip(pos + move * (1 + rng.normal(0.0, 0.03)) +
                                    rng.normal(0.0, 0.001, 3), WORKSPACE_LOW, WORKSPACE_HIGH)

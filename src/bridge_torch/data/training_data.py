@@ -33,6 +33,13 @@ DEVICE_MEMORY_FRACTION = 0.5  # "auto" puts frames on the device below this shar
 COPY_CHUNK_BYTES = 256 << 20  # host -> device copies go in pieces of this size (progress, RAM)
 
 
+def read_only_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing a read-only memory map's buffer; callers only ever read it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        return torch.from_numpy(array)
+
+
 class FrameSource:
     """A per-frame array of all stores, ``(N, *row_shape)``, gathered by global frame index."""
 
@@ -70,9 +77,7 @@ class FrameSource:
 
     def _to_device(self) -> torch.Tensor:
         if self._zero_copy():
-            with warnings.catch_warnings():  # read-only memmap; the tensor is never written
-                warnings.filterwarnings("ignore", message=".*not writable.*")
-                return torch.from_numpy(self._parts[0])
+            return read_only_tensor(self._parts[0])
         out = torch.empty((self.num_rows, *self.row_shape), dtype=self.dtype, device=self.device)
         rows_per_copy = max(1, COPY_CHUNK_BYTES // self._row_bytes)
         with tqdm(total=self.nbytes >> 20, unit="MiB", desc=f"frames -> {self.device}",
@@ -82,7 +87,7 @@ class FrameSource:
                     out[start:end].zero_()
                     continue
                 for lo in range(0, part.shape[0], rows_per_copy):
-                    piece = torch.from_numpy(np.ascontiguousarray(part[lo:lo + rows_per_copy]))
+                    piece = read_only_tensor(np.ascontiguousarray(part[lo:lo + rows_per_copy]))
                     out[start + lo:start + lo + piece.shape[0]].copy_(piece)
                     progress.update(piece.numel() * piece.element_size() >> 20)
         return out

@@ -1,4 +1,7 @@
-"""MLP and MLPResNet with the JAX original's layer order and initialisers (spec §11.1, §11.4)."""
+"""MLP and MLPResNet with the JAX original's layer order and initialisers (spec §11.1, §11.4).
+
+LayerNorms use Flax's default epsilon 1e-6 (PyTorch's default is 1e-5).
+"""
 
 import math
 
@@ -12,6 +15,11 @@ def xavier_linear(in_dim: int, out_dim: int) -> nn.Linear:
     nn.init.xavier_uniform_(layer.weight)
     nn.init.zeros_(layer.bias)
     return layer
+
+
+def layer_norm(width: int) -> nn.LayerNorm:
+    """Flax ``nn.LayerNorm()``: scale and bias, eps 1e-6."""
+    return nn.LayerNorm(width, eps=1e-6)
 
 
 def lecun_linear(in_dim: int, out_dim: int) -> nn.Linear:
@@ -37,7 +45,7 @@ class MLP(nn.Module):
                 if dropout_rate > 0:
                     layers.append(nn.Dropout(dropout_rate))
                 if use_layer_norm:
-                    layers.append(nn.LayerNorm(width))
+                    layers.append(layer_norm(width))
                 layers.append(nn.SiLU())
             in_dim = width
         self.net = nn.Sequential(*layers)
@@ -53,7 +61,7 @@ class MLPResNetBlock(nn.Module):
     def __init__(self, width: int, *, dropout_rate: float, use_layer_norm: bool) -> None:
         super().__init__()
         self.dropout = nn.Dropout(dropout_rate) if dropout_rate > 0 else nn.Identity()
-        self.norm = nn.LayerNorm(width) if use_layer_norm else nn.Identity()
+        self.norm = layer_norm(width) if use_layer_norm else nn.Identity()
         self.dense1 = lecun_linear(width, 4 * width)
         self.dense2 = lecun_linear(4 * width, width)
         self.act = nn.SiLU()

@@ -1,10 +1,12 @@
 """ResNetV1 "bridge" encoders, as the JAX original builds them (reference-spec §10.1).
 
 GroupNorm(4) instead of BatchNorm, swish, no conv bias, He-normal init, uint8 input scaled to
-[-1, 1] and two coordinate channels appended to the *input*. Convolutions and max-pooling use
-Flax's SAME padding (asymmetric for stride 2), so feature maps line up with the original's
-(128 px input -> 4x4 final map). The encoder returns its pooled features and its last feature map
-explicitly; the saliency loss needs the map and hooks would break under torch.compile (bug 30).
+[-1, 1] and two coordinate channels appended to the *input*. The 7x7 stem conv pads 3 on every
+side (as ``conv_init`` in ``jaxrl_m/vision/resnet_v1.py``); every other conv and the max-pool use
+Flax's SAME padding, which is asymmetric for stride 2 (extra row/column at the bottom/right), so
+feature maps line up with the original's pixel for pixel (128 px input -> 4x4 final map). The
+encoder returns its pooled features and its last feature map explicitly; the saliency loss needs
+the map, and forward hooks break under torch.compile (bugs 29-31).
 """
 
 import logging
@@ -38,7 +40,9 @@ class EncoderConfig:
     act: str = "swish"  # swish | relu | gelu (JAX bridge configs: swish)
     num_filters: int = 64  # width of the first stage; doubles per stage (JAX 64)
     norm_groups: int = 4  # GroupNorm groups (JAX 4)
-    softmax_temperature: float = 1.0  # spatial_softmax: -1 = learnable, else fixed 1.0 (JAX)
+    # spatial_softmax only: -1 = learnable temperature (init 1, stored as its log so it stays
+    # positive); ANY other value means a fixed temperature of 1.0, exactly as JAX (quirk 56)
+    softmax_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.name not in ARCHITECTURES:
@@ -61,22 +65,37 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-class SameConv2d(nn.Conv2d):
-    """Bias-free conv with SAME padding and He-normal (fan-in, truncated) init, as Flax's."""
+def he_normal_(weight: torch.Tensor) -> torch.Tensor:
+    """Flax ``kaiming_normal``: variance 2/fan_in, normal truncated at ±2σ (σ rescaled to match)."""
+    fan_in = weight[0].numel()
+    std = math.sqrt(2.0 / fan_in) / 0.87962566103423978  # std of the untruncated normal
+    return nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> None:
-        super().__init__(in_channels, out_channels, kernel, stride, padding=0, bias=False)
-        fan_in = in_channels * kernel * kernel
-        std = math.sqrt(2.0 / fan_in) / 0.87962566103423978  # std of the truncated normal
-        nn.init.trunc_normal_(self.weight, std=std, a=-2 * std, b=2 * std)
+
+class SameConv2d(nn.Conv2d):
+    """Bias-free conv with He-normal init and Flax SAME padding (or a fixed symmetric one)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1,
+                 padding: int | None = None) -> None:
+        super().__init__(in_channels, out_channels, kernel, stride, padding=padding or 0,
+                         bias=False)
+        self.same = padding is None
+        he_normal_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.same:
+            return super().forward(x)
         kernel, stride = self.kernel_size[0], self.stride[0]
         top, bottom = _same_padding(x.shape[-2], kernel, stride)
         left, right = _same_padding(x.shape[-1], kernel, stride)
         if top or bottom or left or right:
             x = F.pad(x, (left, right, top, bottom))
         return super().forward(x)
+
+
+def group_norm(groups: int, channels: int) -> nn.GroupNorm:
+    """GroupNorm with scale and bias, eps 1e-5 (``MyGroupNorm`` in the JAX encoder)."""
+    return nn.GroupNorm(groups, channels, eps=1e-5)
 
 
 def _max_pool_same(x: torch.Tensor, kernel: int = 3, stride: int = 2) -> torch.Tensor:
@@ -94,14 +113,14 @@ class BasicBlock(nn.Module):
     def __init__(self, in_ch: int, filters: int, stride: int, groups: int, act: type) -> None:
         super().__init__()
         self.conv1 = SameConv2d(in_ch, filters, 3, stride)
-        self.norm1 = nn.GroupNorm(groups, filters)
+        self.norm1 = group_norm(groups, filters)
         self.conv2 = SameConv2d(filters, filters, 3)
-        self.norm2 = nn.GroupNorm(groups, filters)
+        self.norm2 = group_norm(groups, filters)
         self.act = act()
         self.proj = None
         if stride != 1 or in_ch != filters:
             self.proj = nn.Sequential(SameConv2d(in_ch, filters, 1, stride),
-                                      nn.GroupNorm(groups, filters))
+                                      group_norm(groups, filters))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.act(self.norm1(self.conv1(x)))
@@ -118,15 +137,15 @@ class BottleneckBlock(nn.Module):
     def __init__(self, in_ch: int, filters: int, stride: int, groups: int, act: type) -> None:
         super().__init__()
         out = filters * 4
-        self.conv1, self.norm1 = SameConv2d(in_ch, filters, 1), nn.GroupNorm(groups, filters)
+        self.conv1, self.norm1 = SameConv2d(in_ch, filters, 1), group_norm(groups, filters)
         self.conv2 = SameConv2d(filters, filters, 3, stride)
-        self.norm2 = nn.GroupNorm(groups, filters)
-        self.conv3, self.norm3 = SameConv2d(filters, out, 1), nn.GroupNorm(groups, out)
+        self.norm2 = group_norm(groups, filters)
+        self.conv3, self.norm3 = SameConv2d(filters, out, 1), group_norm(groups, out)
         nn.init.zeros_(self.norm3.weight)
         self.act = act()
         self.proj = None
         if stride != 1 or in_ch != out:
-            self.proj = nn.Sequential(SameConv2d(in_ch, out, 1, stride), nn.GroupNorm(groups, out))
+            self.proj = nn.Sequential(SameConv2d(in_ch, out, 1, stride), group_norm(groups, out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.act(self.norm1(self.conv1(x)))
@@ -153,8 +172,8 @@ class ResNetEncoder(nn.Module):
         block = BottleneckBlock if bottleneck else BasicBlock
         act = ACTIVATIONS[cfg.act]
         stem_in = in_channels + (2 if cfg.add_spatial_coordinates else 0)
-        self.conv_init = SameConv2d(stem_in, cfg.num_filters, 7, 2)
-        self.norm_init = nn.GroupNorm(cfg.norm_groups, cfg.num_filters)
+        self.conv_init = SameConv2d(stem_in, cfg.num_filters, 7, 2, padding=3)  # JAX: pad 3
+        self.norm_init = group_norm(cfg.norm_groups, cfg.num_filters)
         self.act = act()
         blocks, channels = [], cfg.num_filters
         for i, size in enumerate(stage_sizes):
@@ -186,6 +205,9 @@ class ResNetEncoder(nn.Module):
         Returns:
             features (N, F) and the last feature map (N, C', h, w).
         """
+        if images.ndim != 4 or images.shape[-1] != self.in_channels:
+            raise ValueError(f"ResNetEncoder expects (N, H, W, {self.in_channels}) channels-last "
+                             f"images, got shape {tuple(images.shape)}")
         x = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # NCHW view, channels-last memory
         if self.cfg.add_spatial_coordinates:
             coords = spatial_coordinates(x.shape[-2], x.shape[-1], x)
@@ -203,6 +225,8 @@ class ResNetEncoder(nn.Module):
             return feature_map.amax(dim=(-2, -1))
         if method == "none":
             return feature_map.flatten(1)
+        # Spatial softmax (JAX ``SpatialSoftmax``): per channel, the expected column ("x") and row
+        # ("y") coordinate on a [-1, 1] grid; layout [x_0..x_C-1, y_0..y_C-1] as in JAX.
         n, c, h, w = feature_map.shape
         temperature = 1.0 if self.log_temperature is None else self.log_temperature.exp()
         attention = torch.softmax(feature_map.reshape(n, c, h * w).float() / temperature, dim=-1)
