@@ -36,6 +36,8 @@ test: lint
 
 bench: setup
 	$(PY) bench/data.py
+	$(PY) bench/train_step.py --batch-size 16
+	$(PY) bench/inference.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -112,6 +112,21 @@ def test_sampling_needs_eval_mode_and_is_deterministic(algo: str) -> None:
     assert torch.equal(first, again) and not torch.equal(first, other)
 
 
+def test_ddpm_validation_loss_follows_the_generator_not_the_global_rng() -> None:
+    agent = _agent("gc_ddpm_bc").eval()
+    batch = _batch()
+
+    def metrics(seed: int) -> dict:
+        return agent.validation_metrics(batch, generator=torch.Generator().manual_seed(seed))
+
+    torch.manual_seed(0)
+    first = metrics(5)
+    torch.manual_seed(1)  # another global RNG state: the same numbers
+    again = metrics(5)
+    assert first["ddpm_loss"] == again["ddpm_loss"] and first["mse"] == again["mse"]
+    assert metrics(6)["ddpm_loss"] != first["ddpm_loss"]
+
+
 def test_ddpm_sampler_clips_and_repeats_last_step() -> None:
     agent = _agent("gc_ddpm_bc", repeat_last_step=2, action_clip=0.5).eval()
     batch = _batch()

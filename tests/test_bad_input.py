@@ -40,7 +40,7 @@ from bridge_torch.data.synthetic import generate_raw_dataset
 from bridge_torch.distributed import DistInfo
 from bridge_torch.evaluate import evaluate_run
 from bridge_torch.training_state import prepare_run_dir
-from test_checkpoint import make_run
+from helpers import make_run
 
 SIZE = 16  # converted frame side of the converter cases
 TRAJS = 3  # trajectories of the converter cases' one dated folder

@@ -5,16 +5,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from bridge_torch import checkpoint
-from bridge_torch.agents import build_agent, count_parameters
-from bridge_torch.config import compose_config, to_container
-from bridge_torch.training_state import write_run_files
+from helpers import make_run
 
 
 def minimal_state(step: int, value: float = 0.0) -> dict:
@@ -149,32 +146,6 @@ def test_load_module_state_names_missing_unexpected_and_mismatched_keys():
         )
     with pytest.raises(ValueError, match=r"1.weight: checkpoint \(7, 3\) vs model \(4, 3\)"):
         checkpoint.load_module_state(module, {**state, "1.weight": torch.zeros(7, 3)}, source="x")
-
-
-TINY_AGENT = ["encoder.name=resnetv1-mini-bridge", "encoder.num_filters=8",
-              "model.hidden_dims=[16]", "model.score_width=16", "model.num_blocks=1"]
-
-
-def make_run(root: Path, algo: str, action_dim: int = 7, ema: bool = False) -> Path:
-    """A run directory as the trainer writes it, with one checkpoint at step 5 (no training)."""
-    config = compose_config(["data_path=/unused", f"algo={algo}", *TINY_AGENT,
-                             f"model.fixed_std={[1.0] * action_dim}", f"ema.enabled={ema}"])
-    shapes = {"action_dim": action_dim, "proprio_dim": 7, "obs_horizon": 1,
-              "act_pred_horizon": 1, "image_size": 32}
-    agent = build_agent(algo, config.model, config.encoder, config.saliency, **shapes)
-    moments = {"count": 10, "mean": [0.0] * action_dim, "std": [1.0] * action_dim,
-               "min": [-1.0] * action_dim, "max": [1.0] * action_dim}
-    stats = {"actions": moments, "proprio": {**moments, "mean": [0.0] * 7, "std": [1.0] * 7,
-                                             "min": [-1.0] * 7, "max": [1.0] * 7}}
-    run_dir = root / f"{algo}_{action_dim}"
-    run_dir.mkdir()
-    write_run_files(run_dir, config, stats, count_parameters(agent))
-    ema_state = {k: v + 1.0 if v.is_floating_point() else v for k, v in agent.state_dict().items()}
-    checkpoint.save(checkpoint.checkpoint_path(run_dir, 5), {
-        "step": 5, "config": to_container(config), "stats": stats, "agent_shapes": shapes,
-        "model": agent.state_dict(), "ema": ema_state if ema else None,
-    })
-    return run_dir
 
 
 def test_restore_agent_loads_ema_or_model_weights_in_eval_mode(tmp_path):

@@ -4,7 +4,6 @@ The 2-process tests use real gloo process groups (torch.multiprocessing spawn) o
 """
 
 import os
-import socket
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from bridge_torch.config import TrainConfig
 from bridge_torch.distributed import DistInfo
 from bridge_torch.train import train_step, wrap_model
 from bridge_torch.training_state import TrainState, param_checksum
+from helpers import free_port
 
 
 def test_read_env_defaults_to_a_world_of_one(monkeypatch):
@@ -125,16 +125,10 @@ def _worker(rank: int, world_size: int, port: int, out: str) -> None:
     distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_gloo_ranks_ddp_keeps_replicas_identical_and_bypass_does_not(tmp_path):
     out = str(tmp_path / "result.pt")
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), out), nprocs=2, join=True)
     result = torch.load(out, weights_only=True)
     assert result["synced"][0] == result["synced"][1]  # gradients were all-reduced
     assert result["unsynced"][0] != result["unsynced"][1]  # different data -> different replicas

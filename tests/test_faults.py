@@ -21,7 +21,7 @@ from bridge_torch import checkpoint
 from bridge_torch.data.convert import ConvertOptions, convert
 from bridge_torch.data.synthetic import generate_raw_dataset
 from bridge_torch.run_logging import read_metrics
-from test_distributed import _free_port
+from helpers import free_port
 
 pytestmark = pytest.mark.slow
 TRAIN = str(Path(sys.executable).parent / "bridge-torch-train")
@@ -183,7 +183,7 @@ DIE_AT_STEP_3 = textwrap.dedent("""
 def test_a_dead_ddp_rank_stops_the_other_with_a_clear_error(converted_tree: Path,
                                                             tmp_path: Path) -> None:
     """Two gloo ranks without torchrun (as on two nodes): rank 1 dies at its third update."""
-    base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+    base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
             "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
     args = train_args(converted_tree, tmp_path)
     ranks = [subprocess.Popen(command, env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},

@@ -165,7 +165,7 @@ def test_collect_train_eval_loop(sim_data: Path, tmp_path: Path, algo: str,
 
     reports = []
     for name in ("a", "b"):
-        cli.main(["eval", str(run_dir), "--tasks", ",".join(TASKS), "--episodes", "2",
+        cli.main(["eval", str(run_dir), "--tasks", ",".join(TASKS), "--episodes", "1",
                   "--max_steps", "6", "--videos", "1", "--device", "cpu", "--render_size", "64",
                   "--out", str(tmp_path / name)])
         reports.append(json.loads((tmp_path / name / "report.json").read_text()))
@@ -176,9 +176,9 @@ def test_collect_train_eval_loop(sim_data: Path, tmp_path: Path, algo: str,
     for row in [*first["tasks"].values(), first["overall"]]:
         assert 0.0 <= row["success_rate"] <= 1.0
         assert row["success_rate"] == row["successes"] / row["episodes"]
-    assert first["overall"]["episodes"] == 4 and len(first["episodes"]) == 4
+    assert first["overall"]["episodes"] == 2 and len(first["episodes"]) == 2
     held_out = [(e["task"], e["variation"], e["seed"]) for e in first["episodes"]]
-    assert held_out == [(t, v, 1000) for t in TASKS for v in (0, 1)]  # disjoint from collect's
+    assert held_out == [(t, 0, 1000) for t in TASKS]  # seeds disjoint from collect's (0)
     for episode in first["episodes"]:
         assert 1 <= episode["steps"] <= 6 and episode["expert_steps"] > 10
     gif = Image.open(tmp_path / "a" / "reach-v3_0.gif")

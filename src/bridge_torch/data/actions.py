@@ -116,14 +116,18 @@ def _as_like(values: list[float], x: Any) -> Any:
     return np.asarray(values, dtype=dtype if np.issubdtype(dtype, np.floating) else np.float32)
 
 
+def _safe_std(stats: dict[str, Any]) -> list[float]:
+    """The per-dimension std, floored so a constant dimension does not divide by zero."""
+    return np.maximum(np.asarray(stats["std"], dtype=np.float64), STD_EPSILON).tolist()
+
+
 def normalize(x: Any, stats: dict[str, Any], kind: str = "normal") -> Any:
     """Normalise a numpy array or torch tensor along its last dim (reference-spec §6.3)."""
     _check_kind(kind)
     if kind == "none":
         return x
     if kind == "normal":
-        std = np.maximum(np.asarray(stats["std"], dtype=np.float64), STD_EPSILON).tolist()
-        return (x - _as_like(stats["mean"], x)) / _as_like(std, x)
+        return (x - _as_like(stats["mean"], x)) / _as_like(_safe_std(stats), x)
     lo, hi = _as_like(stats["min"], x), _as_like(stats["max"], x)
     span = hi - lo
     span = span + (span == 0)  # constant dimension: map to 0 instead of dividing by zero
@@ -137,7 +141,6 @@ def denormalize(x: Any, stats: dict[str, Any], kind: str = "normal") -> Any:
     if kind == "none":
         return x
     if kind == "normal":
-        std = np.maximum(np.asarray(stats["std"], dtype=np.float64), STD_EPSILON).tolist()
-        return x * _as_like(std, x) + _as_like(stats["mean"], x)
+        return x * _as_like(_safe_std(stats), x) + _as_like(stats["mean"], x)
     lo, hi = _as_like(stats["min"], x), _as_like(stats["max"], x)
     return x * (hi - lo) + lo

@@ -117,9 +117,14 @@ def collect(tasks: list[str], episodes: int, out: Path, *, val_episodes: int = 5
         seed: first seed of the episode sequence (keep evaluation seeds disjoint).
         im_size: side of the converted training frames.
     """
+    if episodes < 1 or val_episodes < 0:
+        raise ValueError(f"need episodes >= 1 and val_episodes >= 0, got {episodes} and "
+                         f"{val_episodes}")
     raw_root, data_root = out / "raw", out / "data"
     if raw_root.exists() and any(raw_root.iterdir()):
         raise FileExistsError(f"{raw_root} is not empty; collect into a new --out directory")
+    for task in tasks:  # unknown tasks and a missing extra fail before anything is written
+        expert_policy(task)
     total = episodes + val_episodes
     manifest: dict[str, list[dict]] = {}
     with tqdm(total=total * len(tasks), desc="expert demos", disable=not progress) as bar:
@@ -127,7 +132,7 @@ def collect(tasks: list[str], episodes: int, out: Path, *, val_episodes: int = 5
             manifest[task] = collect_task(task, total, seed, raw_root, camera, bar)
     # int(n * p) train trajectories per dated folder (the converter's rule): p just above the
     # wanted fraction so float rounding never drops one.
-    proportion = (episodes + 0.5) / total
+    proportion = min(1.0, (episodes + 0.5) / total)
     options = ConvertOptions(raw_root, data_root, depth=CONVERT_DEPTH, train_proportion=proportion,
                              im_size=im_size, seed=seed, format="packed")
     reports = convert(options, num_workers=num_workers, progress=progress)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from bridge_torch.policy import BatchedPolicy
 from bridge_torch.sim.actions import bridge_to_metaworld
 from bridge_torch.sim.collect import episode_for, run_expert
-from bridge_torch.sim.env import CameraConfig, Episode, SimEnv
+from bridge_torch.sim.env import CameraConfig, Episode, SimEnv, expert_policy
 
 log = logging.getLogger(__name__)
 DEFAULT_EVAL_SEED = 1000  # episode seeds for evaluation; collection starts at 0 (disjoint)
@@ -130,6 +130,8 @@ def evaluate_policy(policy: BatchedPolicy, settings: SimEvalSettings,
     if not policy.goal_conditioned:
         raise ValueError("closed-loop evaluation conditions on the expert's final frame: the "
                          "policy must be goal-conditioned (gc_bc or gc_ddpm_bc)")
+    for task in settings.tasks:  # unknown tasks and a missing extra fail before any rollout
+        expert_policy(task)
     report: dict[str, Any] = {"tasks": {}, "episodes": []}
     everything: list[EpisodeResult] = []
     total = settings.episodes * len(settings.tasks)

@@ -1,0 +1,42 @@
+"""Helpers shared by several test modules (fixtures live in conftest.py)."""
+
+import socket
+from pathlib import Path
+
+from bridge_torch import checkpoint
+from bridge_torch.agents import build_agent, count_parameters
+from bridge_torch.config import compose_config, to_container
+from bridge_torch.training_state import write_run_files
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now, for a test's torch.distributed rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+TINY_AGENT = ["encoder.name=resnetv1-mini-bridge", "encoder.num_filters=8",
+              "model.hidden_dims=[16]", "model.score_width=16", "model.num_blocks=1"]
+
+
+def make_run(root: Path, algo: str, action_dim: int = 7, ema: bool = False) -> Path:
+    """A run directory as the trainer writes it, with one checkpoint at step 5 (no training)."""
+    config = compose_config(["data_path=/unused", f"algo={algo}", *TINY_AGENT,
+                             f"model.fixed_std={[1.0] * action_dim}", f"ema.enabled={ema}"])
+    shapes = {"action_dim": action_dim, "proprio_dim": 7, "obs_horizon": 1,
+              "act_pred_horizon": 1, "image_size": 32}
+    agent = build_agent(algo, config.model, config.encoder, config.saliency, **shapes)
+    moments = {"count": 10, "mean": [0.0] * action_dim, "std": [1.0] * action_dim,
+               "min": [-1.0] * action_dim, "max": [1.0] * action_dim}
+    stats = {"actions": moments, "proprio": {**moments, "mean": [0.0] * 7, "std": [1.0] * 7,
+                                             "min": [-1.0] * 7, "max": [1.0] * 7}}
+    run_dir = root / f"{algo}_{action_dim}"
+    run_dir.mkdir()
+    write_run_files(run_dir, config, stats, count_parameters(agent))
+    ema_state = {k: v + 1.0 if v.is_floating_point() else v for k, v in agent.state_dict().items()}
+    checkpoint.save(checkpoint.checkpoint_path(run_dir, 5), {
+        "step": 5, "config": to_container(config), "stats": stats, "agent_shapes": shapes,
+        "model": agent.state_dict(), "ema": ema_state if ema else None,
+    })
+    return run_dir
