@@ -63,6 +63,17 @@ def peak_memory_mib(device: torch.device) -> float:
     """Peak CUDA memory allocated by torch, or this process's peak RSS on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mib()
+
+
+def peak_rss_mib() -> float:
+    """This process's own peak RSS. ``/proc/self/status`` VmHWM belongs to the current address
+    space, whereas ``getrusage`` ru_maxrss survives ``exec`` and would report the parent's."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
@@ -97,3 +108,8 @@ def emit(results: dict, json_path: Path | None) -> dict:
         json_path.write_text(json.dumps(results, indent=1))
     print(json.dumps(results), flush=True)
     return results
+
+
+def default_precisions(device: str) -> list[str]:
+    """fp32 and bf16 on CUDA; fp32 alone on CPU (bf16 autocast there is slow emulation)."""
+    return ["fp32", "bf16"] if device.startswith("cuda") else ["fp32"]

@@ -14,7 +14,6 @@ reports its own peak RSS. Prints a table; the last line is the results as one JS
 
 import argparse
 import json
-import resource
 import statistics
 import tempfile
 import time
@@ -28,7 +27,7 @@ from bridge_torch.data.datasets import open_split
 from bridge_torch.data.legacy import save_out_npy
 from bridge_torch.data.sampler import SamplerConfig, TrainingData, TransitionSampler
 from bridge_torch.data.store import open_store, write_store
-from common import emit, run_child, synchronize, synthetic_trajectories
+from common import emit, peak_rss_mib, run_child, synchronize, synthetic_trajectories
 
 WINDOWS = 5  # measurement windows per configuration; the median is reported
 WARMUP_BATCHES = 3
@@ -138,7 +137,7 @@ def open_child(mode: str, path: str) -> None:
     if mode != "baseline":
         int(store.traj_length.sum())
     seconds = time.perf_counter() - start
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak_mib = peak_rss_mib()
     print(json.dumps({"seconds": round(seconds, 3), "peak_rss_mib": round(peak_mib, 1)}))
 
 

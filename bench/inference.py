@@ -23,7 +23,15 @@ import torch
 from bridge_torch.agents import build_agent
 from bridge_torch.batch import IMAGE
 from bridge_torch.config import compose_config
-from common import child_arguments, emit, environment, peak_memory_mib, run_child, synchronize
+from common import (
+    child_arguments,
+    default_precisions,
+    emit,
+    environment,
+    peak_memory_mib,
+    run_child,
+    synchronize,
+)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
@@ -32,7 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--algos", nargs="+", default=["bc", "gc_bc", "gc_ddpm_bc"])
-    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
+    parser.add_argument("--precisions", nargs="+", default=None, choices=PRECISIONS,
+                        help="default: fp32 and bf16 on CUDA; fp32 on CPU, where bf16 autocast "
+                             "is emulated and many times slower without AMX")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--encoder", default="resnetv1-34-bridge")
     parser.add_argument("--warmup", type=int, default=5)
@@ -79,6 +89,7 @@ def measure(args: argparse.Namespace, algo: str, precision: str) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    args.precisions = args.precisions or default_precisions(args.device)
     if args.child:
         print(json.dumps(measure(args, *args.child)))
         return {}

@@ -34,6 +34,7 @@ from bridge_torch.run_data import load_run_data
 from bridge_torch.train import autocast_dtype, build_training_state, train_step
 from common import (
     child_arguments,
+    default_precisions,
     emit,
     environment,
     median_rate,
@@ -50,7 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--algos", nargs="+", default=["bc", "gc_bc", "gc_ddpm_bc"])
-    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
+    parser.add_argument("--precisions", nargs="+", default=None, choices=PRECISIONS,
+                        help="default: fp32 and bf16 on CUDA; fp32 on CPU, where bf16 autocast "
+                             "is emulated and many times slower without AMX")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--encoder", default="resnetv1-34-bridge")
@@ -106,6 +109,7 @@ def measure(args: argparse.Namespace, algo: str, precision: str, data_path: str)
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    args.precisions = args.precisions or default_precisions(args.device)
     if args.child:
         print(json.dumps(measure(args, *args.child)))
         return {}
