@@ -11,7 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +113,16 @@ def emit(results: dict, json_path: Path | None) -> dict:
 def default_precisions(device: str) -> list[str]:
     """fp32 and bf16 on CUDA; fp32 alone on CPU (bf16 autocast there is slow emulation)."""
     return ["fp32", "bf16"] if device.startswith("cuda") else ["fp32"]
+
+
+def agent_parser(description: str, precisions: Iterable[str]) -> argparse.ArgumentParser:
+    """The options every per-agent benchmark takes: device, agents, precisions, image, encoder."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--algos", nargs="+", default=["bc", "gc_bc", "gc_ddpm_bc"])
+    parser.add_argument("--precisions", nargs="+", default=None, choices=list(precisions),
+                        help="default: fp32 and bf16 on CUDA; fp32 on CPU, where bf16 autocast "
+                             "is emulated and many times slower without AMX")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--encoder", default="resnetv1-34-bridge")
+    return parser

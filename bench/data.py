@@ -4,8 +4,10 @@ Run:  python bench/data.py [--device cpu cuda] [--batch-size 256] [--image-size 
                            [--obs-horizons 1 2] [--seconds 3] [--json results.json]
 
 Builds a synthetic packed store (random frames) in a temporary directory, then measures
-samples/s of (a) ``TransitionSampler.sample`` (index arithmetic + gather) and (b) sample +
-``Augmenter`` for each observation horizon and device (CUDA when present): the median over
+samples/s of (a) ``TransitionSampler.sample`` (index arithmetic + gather of the observation
+window, goal and action chunk) and (b) sample + ``Augmenter`` (observation frames and goal),
+eager and with ``augment.compile`` (compiled colour ops), for each observation horizon and
+device (CUDA when present): the median over
 windows of ``--seconds / 5`` after a warm-up, synchronising the device at every window edge. It
 also times opening a split from a legacy ``out.npy`` the first time (pack into the cache) and
 again (cache hit), against opening the packed store directly, each in a fresh subprocess that
@@ -78,9 +80,12 @@ def measure_sampling(store_path: Path, args: argparse.Namespace) -> list[dict]:
             data = TrainingData.from_stores([[store]], stats, cfg, device)
             sampler = TransitionSampler(data, cfg, seed=0)
             augmenter = Augmenter(AugmentConfig(), seed=0)
+            compiled = Augmenter(AugmentConfig(compile=True), seed=0)
             steps = {"sample+gather": lambda s=sampler: s.sample(args.batch_size),
                      "sample+gather+augment":
-                         lambda s=sampler, a=augmenter: a(s.sample(args.batch_size))}
+                         lambda s=sampler, a=augmenter: a(s.sample(args.batch_size)),
+                     "... augment.compile=true":
+                         lambda s=sampler, a=compiled: a(s.sample(args.batch_size))}
             for what, step in steps.items():
                 rate = throughput(step, args.batch_size, args.seconds, device)
                 results.append({"device": str(device), "obs_horizon": horizon, "what": what,

@@ -24,6 +24,7 @@ from bridge_torch.agents import build_agent
 from bridge_torch.batch import IMAGE
 from bridge_torch.config import compose_config
 from common import (
+    agent_parser,
     child_arguments,
     default_precisions,
     emit,
@@ -37,14 +38,7 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--algos", nargs="+", default=["bc", "gc_bc", "gc_ddpm_bc"])
-    parser.add_argument("--precisions", nargs="+", default=None, choices=PRECISIONS,
-                        help="default: fp32 and bf16 on CUDA; fp32 on CPU, where bf16 autocast "
-                             "is emulated and many times slower without AMX")
-    parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--encoder", default="resnetv1-34-bridge")
+    parser = agent_parser(__doc__.splitlines()[0], PRECISIONS)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")

@@ -33,6 +33,7 @@ from bridge_torch.distributed import DistInfo
 from bridge_torch.run_data import load_run_data
 from bridge_torch.train import autocast_dtype, build_training_state, train_step
 from common import (
+    agent_parser,
     child_arguments,
     default_precisions,
     emit,
@@ -48,15 +49,8 @@ PRECISIONS = {"fp32": ["amp.enabled=false"], "bf16": ["amp.enabled=true", "amp.d
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--algos", nargs="+", default=["bc", "gc_bc", "gc_ddpm_bc"])
-    parser.add_argument("--precisions", nargs="+", default=None, choices=PRECISIONS,
-                        help="default: fp32 and bf16 on CUDA; fp32 on CPU, where bf16 autocast "
-                             "is emulated and many times slower without AMX")
+    parser = agent_parser(__doc__.splitlines()[0], PRECISIONS)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--encoder", default="resnetv1-34-bridge")
     parser.add_argument("--compile", action="store_true", help="torch.compile the agent")
     parser.add_argument("--warmup", type=int, default=3, help="steps before measuring")
     parser.add_argument("--windows", type=int, default=5)

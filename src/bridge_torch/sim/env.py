@@ -84,7 +84,8 @@ class SimEnv:
         try:
             self.env = gym.make("Meta-World/MT1", env_name=task, seed=seed,
                                 render_mode="rgb_array", camera_name=camera.name,
-                                width=camera.image_size, height=camera.image_size)
+                                width=camera.image_size, height=camera.image_size,
+                                disable_env_checker=True)  # its warnings flag Meta-World itself
         except (gym.error.Error, ValueError) as error:
             raise ValueError(f"cannot make Meta-World task {task!r}: {error}") from error
         model = self.env.unwrapped.model
