@@ -7,6 +7,7 @@ Every collective below is a no-op in a world of one, so the loop has no single-p
 """
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -110,7 +111,14 @@ def peer_failure(err: BaseException, info: DistInfo, step: int) -> PeerFailure |
 
 
 def destroy_process_group() -> None:
+    """Tear the process group down while the interpreter is fully alive.
+
+    Garbage is collected first: a DDP wrapper caught in a reference cycle would otherwise be
+    freed during interpreter shutdown, where destroying gloo's pending work objects can abort the
+    process ("terminate called without an active exception") after a successful run.
+    """
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -129,6 +129,7 @@ def train(config: TrainConfig) -> Path:
     finally:  # ---- close (also on errors and Ctrl-C) -----------------------------------------
         progress.close()
         logger.close()
+        state.model = state.agent  # release the DDP wrapper before its process group goes
         distributed.destroy_process_group()
     return run_dir
 
