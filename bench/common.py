@@ -126,3 +126,17 @@ def agent_parser(description: str, precisions: Iterable[str]) -> argparse.Argume
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--encoder", default="resnetv1-34-bridge")
     return parser
+
+
+def sweep(script: str, args: argparse.Namespace, row_text: Callable[[dict], str],
+          extra: tuple[str, ...] = ()) -> list[dict]:
+    """Every (agent, precision) of ``args`` in its own child of ``script``; prints each row."""
+    args.precisions = args.precisions or default_precisions(args.device)
+    passthrough = child_arguments(args, parent_only=("algos", "precisions", "json", "child"))
+    rows = []
+    for algo in args.algos:
+        for precision in args.precisions:
+            row = run_child(script, [*passthrough, "--child", algo, precision, *extra])
+            rows.append(row)
+            print(f"{algo:12s} {precision:5s} {row_text(row)}", flush=True)
+    return rows

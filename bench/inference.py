@@ -23,16 +23,7 @@ import torch
 from bridge_torch.agents import build_agent
 from bridge_torch.batch import IMAGE
 from bridge_torch.config import compose_config
-from common import (
-    agent_parser,
-    child_arguments,
-    default_precisions,
-    emit,
-    environment,
-    peak_memory_mib,
-    run_child,
-    synchronize,
-)
+from common import agent_parser, emit, environment, peak_memory_mib, sweep, synchronize
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
@@ -83,7 +74,6 @@ def measure(args: argparse.Namespace, algo: str, precision: str) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    args.precisions = args.precisions or default_precisions(args.device)
     if args.child:
         print(json.dumps(measure(args, *args.child)))
         return {}
@@ -92,14 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(" ".join(f"{k}={v}" for k, v in header.items()), flush=True)
     print(f"{'algo':12s} {'prec':5s} {'median ms':>10s} {'p90 ms':>9s} {'peak MiB':>9s}",
           flush=True)
-    passthrough = child_arguments(args, parent_only=("algos", "precisions", "json", "child"))
-    rows = []
-    for algo in args.algos:
-        for precision in args.precisions:
-            row = run_child(__file__, [*passthrough, "--child", algo, precision])
-            rows.append(row)
-            print(f"{algo:12s} {precision:5s} {row['median_ms']:10.2f} {row['p90_ms']:9.2f} "
-                  f"{row['peak_mib']:9.0f}", flush=True)
+    rows = sweep(__file__, args, lambda row: f"{row['median_ms']:10.2f} {row['p90_ms']:9.2f} "
+                                             f"{row['peak_mib']:9.0f}")
     return emit({**header, "results": rows}, args.json)
 
 

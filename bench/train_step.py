@@ -34,13 +34,11 @@ from bridge_torch.run_data import load_run_data
 from bridge_torch.train import autocast_dtype, build_training_state, train_step
 from common import (
     agent_parser,
-    child_arguments,
-    default_precisions,
     emit,
     environment,
     median_rate,
     peak_memory_mib,
-    run_child,
+    sweep,
     synchronize,
     write_task_dir,
 )
@@ -103,7 +101,6 @@ def measure(args: argparse.Namespace, algo: str, precision: str, data_path: str)
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    args.precisions = args.precisions or default_precisions(args.device)
     if args.child:
         print(json.dumps(measure(args, *args.child)))
         return {}
@@ -112,18 +109,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(" ".join(f"{k}={v}" for k, v in header.items()), flush=True)
     print(f"{'algo':12s} {'prec':5s} {'ms/step':>9s} {'samples/s':>10s} {'data ms':>8s} "
           f"{'update ms':>9s} {'data %':>7s} {'peak MiB':>9s} {'compile s':>9s}", flush=True)
-    passthrough = child_arguments(args, parent_only=("algos", "precisions", "json", "child"))
-    rows = []
     with tempfile.TemporaryDirectory(prefix="bridge_torch_bench_") as tmp:
         data = write_task_dir(Path(tmp), args.trajectories, args.traj_length, args.image_size)
-        for algo in args.algos:
-            for precision in args.precisions:
-                row = run_child(__file__, [*passthrough, "--child", algo, precision, str(data)])
-                rows.append(row)
-                print(f"{algo:12s} {precision:5s} {row['ms_per_step']:9.1f} "
-                      f"{row['samples_per_s']:10.0f} {row['data_ms']:8.2f} "
-                      f"{row['update_ms']:9.1f} {100 * row['data_fraction']:6.1f}% "
-                      f"{row['peak_mib']:9.0f} {row['compile_s'] or '-':>9}", flush=True)
+        rows = sweep(__file__, args, lambda row: (
+            f"{row['ms_per_step']:9.1f} {row['samples_per_s']:10.0f} {row['data_ms']:8.2f} "
+            f"{row['update_ms']:9.1f} {100 * row['data_fraction']:6.1f}% "
+            f"{row['peak_mib']:9.0f} {row['compile_s'] or '-':>9}"), extra=(str(data),))
     return emit({**header, "results": rows}, args.json)
 
 

@@ -23,16 +23,15 @@ Usage::
 
 import argparse
 import datetime as dt
-import io
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from bridge_torch.data.raw import LATENCY_CUTOFF
+from bridge_torch.data.raw import LANG_FILE, LATENCY_CUTOFF, OBS_FILE, POLICY_FILE, SALIENCY_FILE
+from bridge_torch.data.raw_files import encode_image, write_pickle
 
 LAB, ENVIRONMENT, COLLECTION = "synthetic_lab", "tabletop", "00"
 WORKSPACE_LOW = np.array([0.15, -0.15, 0.02])  # end-effector x, y, z bounds in metres
@@ -47,7 +46,6 @@ MARKER_COLOR = (250, 250, 250)
 INSTRUCTIONS = ("pick up the {color} block", "grasp the {color} block and lift it",
                 "move the gripper to the {color} block and pick it up")
 NO_DETECTION_PROBABILITY = 0.1  # saliency frames left all-zero, as the real producer does
-PICKLE_PROTOCOL = 4  # fixed, so the bytes do not depend on the Python version
 
 
 def _task_name(task: int) -> tuple[str, str]:
@@ -196,16 +194,6 @@ def _policy_out(state: np.ndarray, actions: np.ndarray) -> list[dict]:
             for t, action in enumerate(actions)]
 
 
-def _encode(image: np.ndarray, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
-    return buffer.getvalue()
-
-
-def _pickle(path: Path, payload: object) -> None:
-    path.write_bytes(pickle.dumps(payload, protocol=PICKLE_PROTOCOL))
-
-
 def _write_trajectory(traj_dir: Path, rng: np.random.Generator, *, steps: int, color: str,
                       backgrounds: list[np.ndarray], delayed: bool, start_time: float,
                       with_lang: bool, with_saliency: bool, with_depth: bool) -> np.ndarray:
@@ -219,7 +207,7 @@ def _write_trajectory(traj_dir: Path, rng: np.random.Generator, *, steps: int, c
         camera_dir.mkdir(parents=True)
         for t, s in enumerate(shown):
             frame = _render(lit, state[s], block[s], COLORS[color], camera)
-            (camera_dir / f"im_{t}.jpg").write_bytes(_encode(frame, "JPEG"))
+            (camera_dir / f"im_{t}.jpg").write_bytes(encode_image(frame, "JPEG"))
     if with_depth:
         depth_dir = traj_dir / "depth_images0"
         depth_dir.mkdir()
@@ -227,19 +215,19 @@ def _write_trajectory(traj_dir: Path, rng: np.random.Generator, *, steps: int, c
             depth = np.full(backgrounds[0].shape[:2], 600, np.uint16)
             _disc(depth, _to_pixels(state[s, :2], depth.shape, 0), 0.05 * min(depth.shape),
                   int(600 - 1000 * state[s, 2]))
-            (depth_dir / f"im_{t}.png").write_bytes(_encode(depth, "PNG"))
-    _pickle(traj_dir / "obs_dict.pkl", _obs_dict(rng, state, actions, start_time))
-    _pickle(traj_dir / "policy_out.pkl", _policy_out(state, actions))
-    _pickle(traj_dir / "agent_data.pkl", {"traj_ok": True, "term_t": steps - 1,
+            (depth_dir / f"im_{t}.png").write_bytes(encode_image(depth, "PNG"))
+    write_pickle(traj_dir / OBS_FILE, _obs_dict(rng, state, actions, start_time))
+    write_pickle(traj_dir / POLICY_FILE, _policy_out(state, actions))
+    write_pickle(traj_dir / "agent_data.pkl", {"traj_ok": True, "term_t": steps - 1,
                                           "policy_type": "ScriptedReachGraspPolicy"})
     if with_lang:
         lines = [INSTRUCTIONS[i].format(color=color) for i in
                  sorted(rng.choice(len(INSTRUCTIONS), size=1 + (rng.uniform() < 0.2),
                                    replace=False))]
         lines.append(f"confidence: {rng.uniform(0.8, 1.0):.3f}")
-        (traj_dir / "lang.txt").write_text("\n".join(lines) + "\n")
+        (traj_dir / LANG_FILE).write_text("\n".join(lines) + "\n")
     if with_saliency:
-        _pickle(traj_dir / "saliency_map.pkl",
+        write_pickle(traj_dir / SALIENCY_FILE,
                 _saliency(block[shown], backgrounds[0].shape[:2], rng))
     return state[:, :2]
 
@@ -250,7 +238,7 @@ def _diagnostics(paths: list[np.ndarray]) -> bytes:
     for i, path in enumerate(paths):
         for row, col in np.round(_to_pixels(path, (96, 96), 0)).astype(int):
             image[row, col] = list(COLORS.values())[i % len(COLORS)]
-    return _encode(image, "PNG")
+    return encode_image(image, "PNG")
 
 
 def _folder_date(seed: int, task: int, index: int, before_cutoff: bool) -> dt.datetime:

@@ -6,15 +6,14 @@ Only the files the converter reads are written: ``images0/im_<t>.jpg``, ``obs_di
 collection never leaves a half-written ``traj<i>`` that the converter would read.
 """
 
-import io
-import pickle
 import shutil
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-PICKLE_PROTOCOL = 4  # fixed, so the bytes do not depend on the Python version
+from bridge_torch.data.raw import LANG_FILE, OBS_FILE, POLICY_FILE
+from bridge_torch.data.raw_files import encode_image, write_pickle
+
 JPEG_QUALITY = 95  # near-lossless: eval feeds the policy raw renders, training decoded JPEGs
 STEP_SECONDS = 0.2  # nominal time between frames (BridgeData's 5 Hz)
 
@@ -40,13 +39,12 @@ def write_trajectory(traj_dir: Path, frames: np.ndarray, proprio: np.ndarray,
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "images0").mkdir(parents=True)
     for t, frame in enumerate(frames):
-        buffer = io.BytesIO()
-        Image.fromarray(frame).save(buffer, format="JPEG", quality=JPEG_QUALITY)
-        (tmp / "images0" / f"im_{t}.jpg").write_bytes(buffer.getvalue())
+        (tmp / "images0" / f"im_{t}.jpg").write_bytes(encode_image(frame, "JPEG",
+                                                                  quality=JPEG_QUALITY))
     obs = {"full_state": np.asarray(proprio, np.float64),
            "time_stamp": STEP_SECONDS * np.arange(steps, dtype=np.float64)}
     policy_out = [{"actions": np.asarray(a, np.float64)} for a in actions]
-    (tmp / "obs_dict.pkl").write_bytes(pickle.dumps(obs, protocol=PICKLE_PROTOCOL))
-    (tmp / "policy_out.pkl").write_bytes(pickle.dumps(policy_out, protocol=PICKLE_PROTOCOL))
-    (tmp / "lang.txt").write_text(language + "\n")
+    write_pickle(tmp / OBS_FILE, obs)
+    write_pickle(tmp / POLICY_FILE, policy_out)
+    (tmp / LANG_FILE).write_text(language + "\n")
     tmp.rename(traj_dir)
