@@ -7,12 +7,14 @@ runs on a bare install.
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from bridge_torch.config import compose_config
 from bridge_torch.data.actions import relabel_actions
 from bridge_torch.sim.actions import ACTION_SCALE_M, bridge_to_metaworld, metaworld_to_bridge
 from bridge_torch.sim.env import CameraConfig, Episode, import_metaworld
@@ -23,8 +25,9 @@ except ImportError as error:
     pytest.skip(f"sim extra not installed: {error}", allow_module_level=True)
 
 from bridge_torch.sim import cli
-from bridge_torch.sim.collect import run_expert
+from bridge_torch.sim.collect import recorded_camera, run_expert
 from bridge_torch.sim.env import SimEnv, expert_policy
+from bridge_torch.sim.training import check_sim_eval
 
 TEST_CAMERA = CameraConfig(image_size=64)  # rendering cost barely depends on size; 64 is enough
 TASKS = ("reach-v3", "push-v3")
@@ -140,6 +143,22 @@ def test_collect_writes_a_converted_dataset(sim_data: Path) -> None:
         assert (task_dir / "val" / "packed" / "meta.json").is_file()
 
 
+def test_collect_records_its_camera(sim_data: Path, tmp_path: Path) -> None:
+    assert recorded_camera(sim_data / "data") == TEST_CAMERA
+    assert recorded_camera(tmp_path / "data") is None  # not written by collect
+
+
+def test_sim_eval_warns_about_another_camera(sim_data: Path,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    same = compose_config([f"data_path={sim_data / 'data'}", "sim_eval.interval=10",
+                           "sim_eval.tasks=[reach-v3]", "sim_eval.render_size=64"])
+    check_sim_eval(same)
+    assert not caplog.records
+    check_sim_eval(compose_config([f"data_path={sim_data / 'data'}", "sim_eval.interval=10",
+                                   "sim_eval.tasks=[reach-v3]"]))  # renders 128 px, data 64
+    assert "another view" in caplog.text and "image_size=64" in caplog.text
+
+
 def _train(algo: str, data: Path, save: Path) -> Path:
     out = subprocess.run(
         [sys.executable, "-m", "bridge_torch.train", f"algo={algo}", f"data_path={data}",
@@ -164,14 +183,16 @@ def test_collect_train_eval_loop(sim_data: Path, tmp_path: Path, algo: str,
     assert sim[0]["sim/reach-v3/success_rate"] in (0.0, 1.0)
 
     reports = []
-    for name in ("a", "b"):
+    # "b" leaves the camera out: eval takes the one the run's data was collected with (64 px)
+    for name, camera_flags in (("a", ["--render_size", "64"]), ("b", [])):
         cli.main(["eval", str(run_dir), "--tasks", ",".join(TASKS), "--episodes", "1",
-                  "--max_steps", "6", "--videos", "1", "--device", "cpu", "--render_size", "64",
+                  "--max_steps", "6", "--videos", "1", "--device", "cpu", *camera_flags,
                   "--out", str(tmp_path / name)])
         reports.append(json.loads((tmp_path / name / "report.json").read_text()))
     assert "overall" in capsys.readouterr().out  # the table
     first, second = reports
-    assert first == second  # same seeds -> identical episodes and outcomes
+    assert first == second  # same seeds and camera -> identical episodes and outcomes
+    assert first["settings"]["camera"] == json.loads(json.dumps(asdict(TEST_CAMERA)))
     assert set(first["tasks"]) == set(TASKS)
     for row in [*first["tasks"].values(), first["overall"]]:
         assert 0.0 <= row["success_rate"] <= 1.0

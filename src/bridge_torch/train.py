@@ -42,7 +42,7 @@ from bridge_torch.ema import EMA
 from bridge_torch.optim import build_optimizer, build_scheduler
 from bridge_torch.run_data import RunData, load_run_data
 from bridge_torch.run_logging import LogWindow, MetricsLogger, reduce_log_metrics
-from bridge_torch.sim.training import check_sim_available, sim_eval_metrics
+from bridge_torch.sim.training import check_sim_eval, sim_eval_metrics
 from bridge_torch.training_state import (
     TrainState,
     prepare_run_dir,
@@ -72,7 +72,7 @@ def train(config: TrainConfig) -> Path:
     if device.type == "cuda" and config.amp.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for the float32 matmuls/convs
         torch.backends.cudnn.allow_tf32 = True
-    check_sim_available(config)
+    check_sim_eval(config)
     run_dir = prepare_run_dir(config, info)
     resumed = checkpoint.load(checkpoint.latest_checkpoint(run_dir)) if config.resume else None
 

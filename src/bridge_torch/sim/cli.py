@@ -7,8 +7,9 @@
 ``collect`` writes scripted-expert demonstrations as raw BridgeData under ``<out>/raw``, converts
 them into ``<out>/data`` and lists each episode's (task, variation, seed) in
 ``<out>/episodes.json``. ``eval`` rolls the run's policy out on held-out episodes (seeds from
-``--seed``, disjoint from collection's) and writes ``report.json`` and GIFs (goal | observation)
-to ``--out`` (default ``<run dir>/sim_eval``).
+``--seed``, disjoint from collection's) with the camera its training data was collected with
+(flags override it) and writes ``report.json`` and GIFs (goal | observation) to ``--out``
+(default ``<run dir>/sim_eval``).
 """
 
 import argparse
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from bridge_torch.sim.env import CameraConfig
+from bridge_torch.sim.env import DEFAULT_CAMERA, CameraConfig
 
 
 def _tasks(text: str) -> tuple[str, ...]:
@@ -40,17 +41,40 @@ def _position(text: str) -> tuple[float, float, float] | None:
     return x, y, z
 
 
-def _add_camera(parser: argparse.ArgumentParser) -> None:
-    default = CameraConfig()
-    parser.add_argument("--camera", default=default.name, help="Meta-World camera name")
-    parser.add_argument("--camera_pos", type=_position, default=default.position,
+def _add_camera(parser: argparse.ArgumentParser, *, from_dataset: bool = False) -> None:
+    """Camera flags; with ``from_dataset`` a flag left out keeps the dataset's value."""
+    default = DEFAULT_CAMERA
+
+    def initial(value: object) -> object:
+        return argparse.SUPPRESS if from_dataset else value
+
+    parser.add_argument("--camera", default=initial(default.name), help="Meta-World camera name")
+    parser.add_argument("--camera_pos", type=_position, default=initial(default.position),
                         help="camera position x,y,z (metres) or 'default' (scene's own)")
-    parser.add_argument("--render_size", type=int, default=default.image_size,
+    parser.add_argument("--render_size", type=int, default=initial(default.image_size),
                         help="rendered frame side in pixels")
 
 
-def _camera(args: argparse.Namespace) -> CameraConfig:
-    return CameraConfig(args.camera, args.camera_pos, args.render_size)
+def _camera(args: argparse.Namespace, base: CameraConfig = DEFAULT_CAMERA) -> CameraConfig:
+    """The camera flags given, the others from ``base``."""
+    return CameraConfig(getattr(args, "camera", base.name),
+                        getattr(args, "camera_pos", base.position),
+                        getattr(args, "render_size", base.image_size))
+
+
+def _run_camera(run_dir: Path) -> CameraConfig:
+    """The camera of the run's training data when ``collect`` wrote it, else the default."""
+    from bridge_torch.sim.collect import recorded_camera
+
+    config = run_dir / "config.json"
+    data_path = json.loads(config.read_text())["data_path"] if config.is_file() else None
+    camera = recorded_camera(data_path) if data_path else None
+    if camera is None:
+        logging.getLogger(__name__).warning(
+            "%s: no bridge-torch-sim collect manifest found for its data_path; using the default "
+            "camera unless --camera/--camera_pos/--render_size say otherwise", run_dir)
+        return DEFAULT_CAMERA
+    return camera
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     evaluate.add_argument("--out", type=Path, default=None,
                           help="report.json and GIFs (default <run_dir>/sim_eval)")
-    _add_camera(evaluate)
+    _add_camera(evaluate, from_dataset=True)
     return parser
 
 
@@ -102,7 +126,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         else args.checkpoint
     policy = BatchedPolicy.from_run(args.run_dir, checkpoint, device=args.device)
     settings = SimEvalSettings(args.tasks, args.episodes, args.seed, args.max_steps,
-                               _camera(args), args.videos)
+                               _camera(args, _run_camera(args.run_dir)), args.videos)
     out = args.out if args.out is not None else args.run_dir / "sim_eval"
     report = evaluate_policy(policy, settings, video_dir=out)
     report["run_dir"], report["checkpoint"] = str(args.run_dir), args.checkpoint

@@ -13,6 +13,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -143,6 +144,17 @@ def collect(tasks: list[str], episodes: int, out: Path, *, val_episodes: int = 5
                                  "episodes_per_task": episodes, "val_episodes": val_episodes,
                                  "tasks": manifest})
     return data_root
+
+
+def recorded_camera(data_path: str | Path) -> Optional[CameraConfig]:
+    """The camera a ``collect`` dataset was rendered with (from the manifest beside its
+    ``data/`` directory), or None for a dataset that ``collect`` did not write."""
+    manifest = Path(data_path).parent / MANIFEST
+    if not manifest.is_file():
+        return None
+    camera = json.loads(manifest.read_text())["camera"]
+    position = None if camera["position"] is None else tuple(camera["position"])
+    return CameraConfig(camera["name"], position, camera["image_size"])
 
 
 def _write_json(path: Path, payload: dict) -> None:

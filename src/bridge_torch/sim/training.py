@@ -4,14 +4,18 @@ The agent (the EMA copy when the run keeps one) is wrapped as a policy with the 
 evaluated on ``sim_eval`` held-out episodes and put back in its previous train/eval mode.
 """
 
+import logging
 from typing import Any
 
 from torch import nn
 
 from bridge_torch.config import SimEvalConfig, TrainConfig
 from bridge_torch.policy import BatchedPolicy
+from bridge_torch.sim.collect import recorded_camera
 from bridge_torch.sim.env import CameraConfig, import_metaworld
 from bridge_torch.sim.evaluate import SimEvalSettings, evaluate_policy
+
+log = logging.getLogger(__name__)
 
 
 def settings_from_config(cfg: SimEvalConfig) -> SimEvalSettings:
@@ -21,10 +25,18 @@ def settings_from_config(cfg: SimEvalConfig) -> SimEvalSettings:
                            videos_per_task=0)
 
 
-def check_sim_available(config: TrainConfig) -> None:
-    """Fail at start-up, not at the first evaluation, when sim_eval is on but the extra is not."""
-    if config.sim_eval.interval:
-        import_metaworld()
+def check_sim_eval(config: TrainConfig) -> None:
+    """At start-up, not at the first evaluation: fail when sim_eval is on but the extra is not,
+    and warn when sim_eval's camera is not the one the training data was collected with."""
+    if not config.sim_eval.interval:
+        return
+    import_metaworld()
+    recorded = recorded_camera(config.data_path)
+    configured = settings_from_config(config.sim_eval).camera
+    if recorded is not None and recorded != configured:
+        log.warning("sim_eval renders with %s but %s was collected with %s: the policy will see "
+                    "another view (set sim_eval.camera, camera_position and render_size)",
+                    configured, config.data_path, recorded)
 
 
 def sim_eval_metrics(agent: nn.Module, stats: dict[str, Any], config: TrainConfig
