@@ -27,7 +27,7 @@ except ImportError as error:
 from bridge_torch.sim import cli
 from bridge_torch.sim.collect import recorded_camera, run_expert
 from bridge_torch.sim.env import SimEnv, expert_policy
-from bridge_torch.sim.training import check_sim_eval
+from bridge_torch.sim.training import sim_eval_settings
 
 TEST_CAMERA = CameraConfig(image_size=64)  # rendering cost barely depends on size; 64 is enough
 TASKS = ("reach-v3", "push-v3")
@@ -148,14 +148,17 @@ def test_collect_records_its_camera(sim_data: Path, tmp_path: Path) -> None:
     assert recorded_camera(tmp_path / "data") is None  # not written by collect
 
 
-def test_sim_eval_warns_about_another_camera(sim_data: Path,
-                                            caplog: pytest.LogCaptureFixture) -> None:
-    same = compose_config([f"data_path={sim_data / 'data'}", "sim_eval.interval=10",
-                           "sim_eval.tasks=[reach-v3]", "sim_eval.render_size=64"])
-    check_sim_eval(same)
-    assert not caplog.records
-    check_sim_eval(compose_config([f"data_path={sim_data / 'data'}", "sim_eval.interval=10",
-                                   "sim_eval.tasks=[reach-v3]"]))  # renders 128 px, data 64
+def test_sim_eval_camera_comes_from_the_data(sim_data: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    base = [f"data_path={sim_data / 'data'}", "sim_eval.interval=10", "sim_eval.tasks=[reach-v3]"]
+    assert sim_eval_settings(compose_config(base[:1])) is None  # off
+    settings = sim_eval_settings(compose_config(base))  # configured 128 px, data 64 px
+    assert settings is not None and settings.camera == TEST_CAMERA and not caplog.records
+    matching = sim_eval_settings(compose_config(
+        [*base, "sim_eval.camera_from_data=false", "sim_eval.render_size=64"]))
+    assert matching is not None and matching.camera == TEST_CAMERA and not caplog.records
+    other = sim_eval_settings(compose_config([*base, "sim_eval.camera_from_data=false"]))
+    assert other is not None and other.camera.image_size == 128
     assert "another view" in caplog.text and "image_size=64" in caplog.text
 
 
@@ -166,8 +169,7 @@ def _train(algo: str, data: Path, save: Path) -> Path:
          "log_interval=2", "eval_interval=4", "save_interval=4", "scheduler.warmup_steps=1",
          "scheduler.decay_steps=4", "encoder.name=resnetv1-mini-bridge", "encoder.num_filters=8",
          "model.hidden_dims=[16]", "model.score_width=16", "sim_eval.interval=4",
-         "sim_eval.tasks=[reach-v3]", "sim_eval.episodes=1", "sim_eval.max_steps=5",
-         "sim_eval.render_size=64"],
+         "sim_eval.tasks=[reach-v3]", "sim_eval.episodes=1", "sim_eval.max_steps=5"],
         capture_output=True, text=True, check=True)
     return Path(out.stdout.strip().splitlines()[-1].removeprefix("run_dir: "))
 

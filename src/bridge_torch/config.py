@@ -190,7 +190,11 @@ class SimEvalConfig:
     episodes: int = 2  # held-out episodes per task
     seed: int = 1000  # first held-out episode seed (bridge-torch-sim collect starts at 0)
     max_steps: int = 200  # policy steps per episode before it counts as a failure
-    camera: str = "corner2"  # as bridge-torch-sim collect: the policy must see the same view
+    # The policy must see the view it was trained on: by default the camera that
+    # bridge-torch-sim collect recorded for data_path; the three fields below apply when
+    # camera_from_data is false or the data has no collect manifest.
+    camera_from_data: bool = True
+    camera: str = "corner2"
     camera_position: Optional[list[float]] = field(default_factory=lambda: [0.75, 0.075, 0.7])
     render_size: int = 128  # rendered frame side in pixels (resized to the model's input)
 

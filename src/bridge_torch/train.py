@@ -42,7 +42,7 @@ from bridge_torch.ema import EMA
 from bridge_torch.optim import build_optimizer, build_scheduler
 from bridge_torch.run_data import RunData, load_run_data
 from bridge_torch.run_logging import LogWindow, MetricsLogger, reduce_log_metrics
-from bridge_torch.sim.training import check_sim_eval, sim_eval_metrics
+from bridge_torch.sim.training import sim_eval_metrics, sim_eval_settings
 from bridge_torch.training_state import (
     TrainState,
     prepare_run_dir,
@@ -72,7 +72,7 @@ def train(config: TrainConfig) -> Path:
     if device.type == "cuda" and config.amp.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for the float32 matmuls/convs
         torch.backends.cudnn.allow_tf32 = True
-    check_sim_eval(config)
+    sim_settings = sim_eval_settings(config)
     run_dir = prepare_run_dir(config, info)
     resumed = checkpoint.load(checkpoint.latest_checkpoint(run_dir)) if config.resume else None
 
@@ -117,8 +117,8 @@ def train(config: TrainConfig) -> Path:
                                        amp_dtype=amp_dtype)
                 logger.log(done, {f"validation/{k}": v for k, v in val_metrics.items()})
             sim_every = config.sim_eval.interval  # closed loop, main rank only (one renderer)
-            if info.is_main and sim_every and (done % sim_every == 0 or last):
-                logger.log(done, sim_eval_metrics(eval_agent, data.stats, config))
+            if info.is_main and sim_settings is not None and (done % sim_every == 0 or last):
+                logger.log(done, sim_eval_metrics(eval_agent, data.stats, config, sim_settings))
             if done % config.log_interval == 0:
                 window = LogWindow(time.perf_counter())  # checkpoint/eval time is not training
     except RuntimeError as err:  # a rank died: say so, not just a backend error from a collective

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from bridge_torch.config import SimEvalConfig, TrainConfig
+from bridge_torch.config import TrainConfig
 from bridge_torch.policy import BatchedPolicy
 from bridge_torch.sim.collect import recorded_camera
 from bridge_torch.sim.env import CameraConfig, import_metaworld
@@ -18,29 +18,32 @@ from bridge_torch.sim.evaluate import SimEvalSettings, evaluate_policy
 log = logging.getLogger(__name__)
 
 
-def settings_from_config(cfg: SimEvalConfig) -> SimEvalSettings:
+def sim_eval_settings(config: TrainConfig) -> SimEvalSettings | None:
+    """The run's closed-loop settings, resolved at start-up (None when sim_eval is off).
+
+    Fails here, not at the first evaluation, when the sim extra is missing. The camera is the one
+    the training data was collected with when ``camera_from_data`` and ``collect`` recorded it;
+    otherwise the configured one, with a warning when that differs from the recorded camera.
+    """
+    cfg = config.sim_eval
+    if not cfg.interval:
+        return None
+    import_metaworld()
+    recorded = recorded_camera(config.data_path)
     position = None if cfg.camera_position is None else tuple(cfg.camera_position)
-    return SimEvalSettings(tuple(cfg.tasks), cfg.episodes, cfg.seed, cfg.max_steps,
-                           CameraConfig(cfg.camera, position, cfg.render_size),
+    camera = CameraConfig(cfg.camera, position, cfg.render_size)
+    if recorded is not None and cfg.camera_from_data:
+        camera = recorded
+    elif recorded is not None and recorded != camera:
+        log.warning("sim_eval renders with %s but %s was collected with %s: the policy will see "
+                    "another view (sim_eval.camera_from_data=true uses the recorded camera)",
+                    camera, config.data_path, recorded)
+    return SimEvalSettings(tuple(cfg.tasks), cfg.episodes, cfg.seed, cfg.max_steps, camera,
                            videos_per_task=0)
 
 
-def check_sim_eval(config: TrainConfig) -> None:
-    """At start-up, not at the first evaluation: fail when sim_eval is on but the extra is not,
-    and warn when sim_eval's camera is not the one the training data was collected with."""
-    if not config.sim_eval.interval:
-        return
-    import_metaworld()
-    recorded = recorded_camera(config.data_path)
-    configured = settings_from_config(config.sim_eval).camera
-    if recorded is not None and recorded != configured:
-        log.warning("sim_eval renders with %s but %s was collected with %s: the policy will see "
-                    "another view (set sim_eval.camera, camera_position and render_size)",
-                    configured, config.data_path, recorded)
-
-
-def sim_eval_metrics(agent: nn.Module, stats: dict[str, Any], config: TrainConfig
-                     ) -> dict[str, float]:
+def sim_eval_metrics(agent: nn.Module, stats: dict[str, Any], config: TrainConfig,
+                     settings: SimEvalSettings) -> dict[str, float]:
     """``sim/success_rate``, ``sim/mean_steps_to_success`` and ``sim/<task>/success_rate``."""
     was_training = agent.training
     try:
@@ -48,7 +51,7 @@ def sim_eval_metrics(agent: nn.Module, stats: dict[str, Any], config: TrainConfi
                                normalization_type=config.data.normalization_type,
                                image_size=agent.encoder.image_size,
                                obs_horizon=config.data.obs_horizon, seed=config.seed)
-        report = evaluate_policy(policy, settings_from_config(config.sim_eval), progress=False)
+        report = evaluate_policy(policy, settings, progress=False)
     finally:
         agent.train(was_training)
     overall = report["overall"]
