@@ -75,6 +75,18 @@ def test_bc_loss_with_fixed_std_one_is_scaled_mse() -> None:
     assert metrics["mean_std"] == 1.0 and metrics["max_std"] == 1.0
 
 
+def test_validation_mse_per_action_dimension() -> None:
+    agent = _agent("bc", h=4).eval()
+    batch = _batch(h=4)
+    metrics = agent.validation_metrics(batch)
+    with torch.no_grad():
+        mean = agent.sample_actions(batch["observations"], argmax=True)
+    expected = (batch["actions"] - mean).pow(2).sum(1).mean(0)  # over the chunk, then the batch
+    names = ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]
+    assert torch.allclose(torch.stack([metrics[f"mse_{n}"] for n in names]), expected, atol=1e-5)
+    assert torch.allclose(metrics["mse"], expected.sum(), atol=1e-5)
+
+
 def test_std_variants_and_tanh_squash() -> None:
     learned = _agent("bc", fixed_std=None)
     assert learned.head.log_std is not None and learned.head.log_std.abs().sum() == 0

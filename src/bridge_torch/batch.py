@@ -29,3 +29,11 @@ IMAGE = "image"
 PROPRIO = "proprio"
 SALIENCY = "saliency"
 SALIENCY_MASK = "saliency_mask"
+
+# Bridge's 7-D action convention (end-effector deltas, then the gripper: 1 open, 0 closed).
+ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
+
+
+def action_name(dim: int, action_dim: int) -> str:
+    """The name of action dimension ``dim``: Bridge's for 7-D actions, else ``dim<i>``."""
+    return ACTION_NAMES[dim] if action_dim == len(ACTION_NAMES) else f"dim{dim}"

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bridge_torch.batch import ACTIONS, GOALS, OBSERVATIONS
+from bridge_torch.batch import ACTIONS, GOALS, OBSERVATIONS, action_name
 from bridge_torch.checkpoint import restore_agent
 from bridge_torch.data.actions import denormalize
 from bridge_torch.data.sampler import iterate_validation
@@ -28,7 +28,6 @@ from bridge_torch.run_data import RunData, load_run_data
 from bridge_torch.validation import evaluate
 
 log = logging.getLogger(__name__)
-ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
 
 
 def statistics_mismatch(saved: dict, fresh: dict, rtol: float = 1e-4) -> list[str]:
@@ -96,7 +95,7 @@ def plot_actions(agent: torch.nn.Module, data: RunData, config: Any, path: Path,
     markers = [float(b) for b in boundaries if b < len(true)]
     panels = [line_plot({"true": (steps, true[:, d].tolist()),
                          "predicted": (steps, predicted[:, d].tolist())},
-                        title=ACTION_NAMES[d] if d < len(ACTION_NAMES) else f"dim {d}",
+                        title=action_name(d, true.shape[1]),
                         markers=markers) for d in range(true.shape[1])]
     grid(panels, columns=2).save(path)
 

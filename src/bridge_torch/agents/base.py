@@ -17,7 +17,14 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from bridge_torch.batch import ACTIONS, GOALS, OBSERVATIONS, SALIENCY, SALIENCY_MASK
+from bridge_torch.batch import (
+    ACTIONS,
+    GOALS,
+    OBSERVATIONS,
+    SALIENCY,
+    SALIENCY_MASK,
+    action_name,
+)
 from bridge_torch.models.diffusion import BETA_SCHEDULES
 from bridge_torch.models.saliency import SaliencyConfig, predicted_mask, saliency_loss
 
@@ -120,15 +127,18 @@ class Agent(nn.Module):
     def validation_metrics(self, batch: Batch,
                            generator: Optional[torch.Generator] = None) -> Metrics:
         """Loss metrics plus ``mse``: mean over the batch of the sum over (T_act, A) of the
-        squared error of ``sample_actions(argmax=True)`` (a full reverse diffusion for DDPM).
-        Eval mode only; deterministic given ``generator``."""
+        squared error of ``sample_actions(argmax=True)`` (a full reverse diffusion for DDPM),
+        and its share per action dimension, ``mse_<name>`` (``mse_dx`` ... ``mse_gripper``),
+        to see where a policy errs. Eval mode only; deterministic given ``generator``."""
         self._require_eval()
         with torch.no_grad():
             _, metrics = self.loss(batch, generator=generator)
             predicted = self.sample_actions(batch[OBSERVATIONS], batch.get(GOALS),
                                             argmax=True, generator=generator)
-            error = (predicted.float() - batch[ACTIONS].float()).pow(2).flatten(1).sum(1)
-        return {**metrics, "mse": error.mean()}
+            per_dim = (predicted.float() - batch[ACTIONS].float()).pow(2).sum(1).mean(0)  # (A,)
+        action_dim = per_dim.shape[0]
+        shares = {f"mse_{action_name(d, action_dim)}": per_dim[d] for d in range(action_dim)}
+        return {**metrics, "mse": per_dim.sum(), **shares}
 
     def _require_eval(self) -> None:
         if self.training:
