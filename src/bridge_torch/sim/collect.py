@@ -153,8 +153,7 @@ def recorded_camera(data_path: str | Path) -> Optional[CameraConfig]:
     if not manifest.is_file():
         return None
     camera = json.loads(manifest.read_text())["camera"]
-    position = None if camera["position"] is None else tuple(camera["position"])
-    return CameraConfig(camera["name"], position, camera["image_size"])
+    return CameraConfig(camera["name"], camera["position"], camera["image_size"])
 
 
 def _write_json(path: Path, payload: dict) -> None:

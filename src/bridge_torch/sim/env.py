@@ -47,6 +47,12 @@ class CameraConfig:
     position: tuple[float, float, float] | None = (0.75, 0.075, 0.7)  # None = scene default
     image_size: int = 128  # pixels per side
 
+    def __post_init__(self) -> None:
+        # Positions from JSON or a config arrive as lists: store a tuple, so equal cameras compare
+        # equal and the config stays hashable.
+        if self.position is not None:
+            object.__setattr__(self, "position", tuple(self.position))
+
 
 DEFAULT_CAMERA = CameraConfig()
 

@@ -30,8 +30,7 @@ def sim_eval_settings(config: TrainConfig) -> SimEvalSettings | None:
         return None
     import_metaworld()
     recorded = recorded_camera(config.data_path)
-    position = None if cfg.camera_position is None else tuple(cfg.camera_position)
-    camera = CameraConfig(cfg.camera, position, cfg.render_size)
+    camera = CameraConfig(cfg.camera, cfg.camera_position, cfg.render_size)
     if recorded is not None and cfg.camera_from_data:
         camera = recorded
     elif recorded is not None and recorded != camera:
