@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bridge_torch.models.diffusion import FourierFeatures, beta_schedule
+from bridge_torch.models.group_norm import GroupNormAct
 from bridge_torch.models.mlp import MLP, MLPResNet
 from bridge_torch.models.resnet import EncoderConfig, ResNetEncoder, _same_padding
 from bridge_torch.models.saliency import SaliencyConfig, predicted_mask, saliency_loss
@@ -53,12 +54,29 @@ def test_input_scaling_and_coordinates_change_the_output() -> None:
 
 def test_group_norm_swish_and_no_conv_bias() -> None:
     enc = ResNetEncoder(EncoderConfig(**MINI))
-    norms = [m for m in enc.modules() if isinstance(m, torch.nn.GroupNorm)]
+    norms = [m for m in enc.modules() if isinstance(m, GroupNormAct)]
     convs = [m for m in enc.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert norms and all(n.num_groups == 4 for n in norms)
+    assert len(norms) == len(convs) and all(n.groups == 4 and n.eps == 1e-5 for n in norms)
     assert all(c.bias is None for c in convs)
-    assert isinstance(enc.act, torch.nn.SiLU)
+    projections = [block.proj[1] for block in enc.blocks if block.proj is not None]
+    assert projections and all(n.act is None for n in projections)  # act after the residual add
+    assert all(isinstance(n.act, torch.nn.SiLU) for n in norms if n not in projections)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in enc.modules())
+
+
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_group_norm_act_is_groupnorm_then_residual_then_act(with_residual: bool) -> None:
+    torch.manual_seed(0)
+    norm = GroupNormAct(4, 8, torch.nn.SiLU())
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    reference = torch.nn.GroupNorm(4, 8)
+    reference.load_state_dict(norm.state_dict())  # the same parameter names as nn.GroupNorm
+    x = torch.randn(2, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+    residual = torch.randn(2, 8, 5, 5) if with_residual else None
+    expected = reference(x) + (residual if with_residual else 0)
+    torch.testing.assert_close(norm(x, residual), torch.nn.functional.silu(expected),
+                               rtol=0, atol=0)
 
 
 def test_cosine_betas_match_the_reference_for_20_steps() -> None:

@@ -69,9 +69,7 @@ def train(config: TrainConfig) -> Path:
     distributed.init_process_group(info, device, config.ddp.timeout_s)
     batch_per_rank = split_batch(config.batch_size, info)
     amp_dtype = autocast_dtype(config, device)
-    if device.type == "cuda" and config.amp.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for the float32 matmuls/convs
-        torch.backends.cudnn.allow_tf32 = True
+    configure_backends(config, device)
     sim_settings = sim_eval_settings(config)
     run_dir = prepare_run_dir(config, info)
     resumed = checkpoint.load(checkpoint.latest_checkpoint(run_dir)) if config.resume else None
@@ -150,7 +148,7 @@ def build_training_state(
     seed_everything(config.seed)  # the same initial weights on every rank
     agent = build_agent(
         config.algo, config.model, config.encoder, config.saliency, **data.agent_shapes
-    ).to(device, memory_format=torch.channels_last)  # as the encoder's activations
+    ).to(device)
     ema = EMA(agent, config.ema.rate) if config.ema.enabled else None
     optimizer = build_optimizer(agent.parameters(), config.optimizer, device)
     scheduler = build_scheduler(optimizer, config.scheduler)
@@ -208,6 +206,14 @@ def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | N
     """bf16/fp16 autocast dtype, or None for float32: AMP defaults to on for CUDA, off on CPU."""
     enabled = config.amp.enabled if config.amp.enabled is not None else device.type == "cuda"
     return AMP_DTYPES[config.amp.dtype] if enabled else None
+
+
+def configure_backends(config: TrainConfig, device: torch.device) -> None:
+    """Process-wide CUDA math settings of a run: TF32 for its float32 matmuls and convolutions
+    (the JAX original's default precision on Ampere and later)."""
+    if device.type == "cuda" and config.amp.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def wrap_model(

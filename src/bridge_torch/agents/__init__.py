@@ -10,7 +10,7 @@ from torch import nn
 from bridge_torch.agents.base import Agent, AgentConfig
 from bridge_torch.agents.bc import BCAgent, GCBCAgent
 from bridge_torch.agents.gc_ddpm_bc import GCDDPMBCAgent
-from bridge_torch.models.resnet import EncoderConfig
+from bridge_torch.models.resnet import EncoderConfig, memory_format
 from bridge_torch.models.saliency import SaliencyConfig
 
 AGENTS: dict[str, type[Agent]] = {"bc": BCAgent, "gc_bc": GCBCAgent, "gc_ddpm_bc": GCDDPMBCAgent}
@@ -38,7 +38,7 @@ def build_agent(algo: str, model: AgentConfig, encoder: EncoderConfig, saliency:
                          obs_horizon=obs_horizon, act_pred_horizon=act_pred_horizon,
                          image_size=image_size)
     log.info("built %s with %s parameters", algo, f"{count_parameters(agent)['total']:,}")
-    return agent
+    return agent.to(memory_format=memory_format(encoder))  # conv weights as the activations
 
 
 __all__ = ["AGENTS", "Agent", "AgentConfig", "build_agent", "count_parameters"]

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bridge_torch.models.group_norm import GroupNormAct
+
 log = logging.getLogger(__name__)
 
 # name -> (stage sizes, bottleneck blocks); "-bridge" only adds options the JAX trainer never uses
@@ -40,6 +42,11 @@ class EncoderConfig:
     act: str = "swish"  # swish | relu | gelu (JAX bridge configs: swish)
     num_filters: int = 64  # width of the first stage; doubles per stage (JAX 64)
     norm_groups: int = 4  # GroupNorm groups (JAX 4)
+    # Speed only, the same function either way: activations in channels-last memory (what
+    # cuDNN's bf16/TF32 convolutions want), and on CUDA the Triton GroupNorm + residual + swish
+    # kernels of models/group_norm.py (which need channels-last).
+    channels_last: bool = True
+    fused_norm: bool = True
     # spatial_softmax only: -1 = learnable temperature (init 1, stored as its log so it stays
     # positive); ANY other value means a fixed temperature of 1.0, exactly as JAX (quirk 56)
     softmax_temperature: float = 1.0
@@ -93,9 +100,11 @@ class SameConv2d(nn.Conv2d):
         return super().forward(x)
 
 
-def group_norm(groups: int, channels: int) -> nn.GroupNorm:
-    """GroupNorm with scale and bias, eps 1e-5 (``MyGroupNorm`` in the JAX encoder)."""
-    return nn.GroupNorm(groups, channels, eps=1e-5)
+
+
+def memory_format(cfg: EncoderConfig) -> torch.memory_format:
+    """How the encoder lays out its activations (and so how its conv weights should be kept)."""
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
 
 def _max_pool_same(x: torch.Tensor, kernel: int = 3, stride: int = 2) -> torch.Tensor:
@@ -105,28 +114,37 @@ def _max_pool_same(x: torch.Tensor, kernel: int = 3, stride: int = 2) -> torch.T
     return F.max_pool2d(x, kernel, stride)
 
 
+class NormFactory:
+    """Builds the encoder's norms: ``norm(channels, with_act)`` is GroupNorm(groups, channels,
+    eps 1e-5; ``MyGroupNorm`` in the JAX encoder), followed by the activation if ``with_act``."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(self, channels: int, with_act: bool) -> GroupNormAct:
+        act = ACTIVATIONS[self.cfg.act]() if with_act else None
+        return GroupNormAct(self.cfg.norm_groups, channels, act, eps=1e-5,
+                            fused=self.cfg.fused_norm)
+
+
 class BasicBlock(nn.Module):
-    """conv3x3(stride) -> norm -> act -> conv3x3 -> norm, + (projected) residual, act."""
+    """conv3x3(stride) -> norm -> act -> conv3x3 -> norm, + (projected) residual, act.
+    Each norm applies what follows it (act; residual add and act) in the same call."""
 
     expansion = 1
 
-    def __init__(self, in_ch: int, filters: int, stride: int, groups: int, act: type) -> None:
+    def __init__(self, in_ch: int, filters: int, stride: int, norm: NormFactory) -> None:
         super().__init__()
-        self.conv1 = SameConv2d(in_ch, filters, 3, stride)
-        self.norm1 = group_norm(groups, filters)
-        self.conv2 = SameConv2d(filters, filters, 3)
-        self.norm2 = group_norm(groups, filters)
-        self.act = act()
+        self.conv1, self.norm1 = SameConv2d(in_ch, filters, 3, stride), norm(filters, True)
+        self.conv2, self.norm2 = SameConv2d(filters, filters, 3), norm(filters, True)
         self.proj = None
         if stride != 1 or in_ch != filters:
-            self.proj = nn.Sequential(SameConv2d(in_ch, filters, 1, stride),
-                                      group_norm(groups, filters))
+            self.proj = nn.Sequential(SameConv2d(in_ch, filters, 1, stride), norm(filters, False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.act(self.norm1(self.conv1(x)))
-        y = self.norm2(self.conv2(y))
+        y = self.norm1(self.conv1(x))
         residual = x if self.proj is None else self.proj(x)
-        return self.act(residual + y)
+        return self.norm2(self.conv2(y), residual)
 
 
 class BottleneckBlock(nn.Module):
@@ -134,25 +152,21 @@ class BottleneckBlock(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_ch: int, filters: int, stride: int, groups: int, act: type) -> None:
+    def __init__(self, in_ch: int, filters: int, stride: int, norm: NormFactory) -> None:
         super().__init__()
         out = filters * 4
-        self.conv1, self.norm1 = SameConv2d(in_ch, filters, 1), group_norm(groups, filters)
-        self.conv2 = SameConv2d(filters, filters, 3, stride)
-        self.norm2 = group_norm(groups, filters)
-        self.conv3, self.norm3 = SameConv2d(filters, out, 1), group_norm(groups, out)
+        self.conv1, self.norm1 = SameConv2d(in_ch, filters, 1), norm(filters, True)
+        self.conv2, self.norm2 = SameConv2d(filters, filters, 3, stride), norm(filters, True)
+        self.conv3, self.norm3 = SameConv2d(filters, out, 1), norm(out, True)
         nn.init.zeros_(self.norm3.weight)
-        self.act = act()
         self.proj = None
         if stride != 1 or in_ch != out:
-            self.proj = nn.Sequential(SameConv2d(in_ch, out, 1, stride), group_norm(groups, out))
+            self.proj = nn.Sequential(SameConv2d(in_ch, out, 1, stride), norm(out, False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.act(self.norm1(self.conv1(x)))
-        y = self.act(self.norm2(self.conv2(y)))
-        y = self.norm3(self.conv3(y))
+        y = self.norm2(self.conv2(self.norm1(self.conv1(x))))
         residual = x if self.proj is None else self.proj(x)
-        return self.act(residual + y)
+        return self.norm3(self.conv3(y), residual)
 
 
 def spatial_coordinates(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
@@ -170,17 +184,16 @@ class ResNetEncoder(nn.Module):
         self.cfg, self.in_channels = cfg, in_channels
         stage_sizes, bottleneck = ARCHITECTURES[cfg.name]
         block = BottleneckBlock if bottleneck else BasicBlock
-        act = ACTIVATIONS[cfg.act]
+        norm = NormFactory(cfg)
         stem_in = in_channels + (2 if cfg.add_spatial_coordinates else 0)
         self.conv_init = SameConv2d(stem_in, cfg.num_filters, 7, 2, padding=3)  # JAX: pad 3
-        self.norm_init = group_norm(cfg.norm_groups, cfg.num_filters)
-        self.act = act()
+        self.norm_init = norm(cfg.num_filters, True)
         blocks, channels = [], cfg.num_filters
         for i, size in enumerate(stage_sizes):
             filters = cfg.num_filters * 2**i
             for j in range(size):
                 stride = 2 if i > 0 and j == 0 else 1
-                blocks.append(block(channels, filters, stride, cfg.norm_groups, act))
+                blocks.append(block(channels, filters, stride, norm))
                 channels = filters * block.expansion
         self.blocks = nn.Sequential(*blocks)
         self.map_channels = channels
@@ -212,8 +225,8 @@ class ResNetEncoder(nn.Module):
         if self.cfg.add_spatial_coordinates:
             coords = spatial_coordinates(x.shape[-2], x.shape[-1], x)
             x = torch.cat([x, coords.expand(x.shape[0], -1, -1, -1)], dim=1)
-        x = x.contiguous(memory_format=torch.channels_last)
-        x = self.act(self.norm_init(self.conv_init(x)))
+        x = x.contiguous(memory_format=memory_format(self.cfg))
+        x = self.norm_init(self.conv_init(x))
         feature_map = self.blocks(_max_pool_same(x))
         return self._pool(feature_map), feature_map
 
