@@ -108,6 +108,11 @@ def test_missing_goal_or_proprio_is_a_clear_error() -> None:
         Policy(_policy(FakeAgent(use_proprio=True))).act(_frame(1), goal_image=_frame(2))
 
 
+def test_cuda_graphs_need_an_agent_on_cuda() -> None:
+    with pytest.raises(ValueError, match="cuda_graphs needs an agent on CUDA"):
+        _policy(FakeAgent(), cuda_graphs=True)
+
+
 def test_proprio_history_is_normalised() -> None:
     agent = FakeAgent(use_proprio=True)
     policy = Policy(_policy(agent))

@@ -24,6 +24,7 @@ from bridge_torch.agents.base import Agent
 from bridge_torch.batch import IMAGE, PROPRIO
 from bridge_torch.checkpoint import restore_agent
 from bridge_torch.data.actions import denormalize, normalize
+from bridge_torch.graphed import GraphedSampler
 
 GRIPPER_THRESHOLD = 0.5  # a gripper value below this asks for "closed" (spec §14.1)
 
@@ -45,13 +46,16 @@ class BatchedPolicy:
     def __init__(self, agent: Agent, *, stats: dict, normalization_type: str, image_size: int,
                  obs_horizon: int, num_envs: int = 1, act_exec_horizon: int = 1,
                  sticky_gripper_num_steps: Optional[int] = 1, argmax: bool = True,
-                 seed: int = 0) -> None:
+                 seed: int = 0, cuda_graphs: bool = False) -> None:
         """Args:
             act_exec_horizon: actions of each predicted chunk executed before predicting again.
             sticky_gripper_num_steps: consecutive disagreeing actions before the gripper state
                 flips (JAX 1); None = pass the raw gripper value through.
             argmax: deterministic actions (the mode); else sample with a generator seeded by
                 ``seed``.
+            cuda_graphs: on CUDA, replay each prediction from a captured CUDA graph (see
+                ``bridge_torch.graphed``): the first call per batch size captures, later calls
+                are several times faster at batch 1.
         """
         if act_exec_horizon < 1:
             raise ValueError(f"act_exec_horizon must be >= 1, got {act_exec_horizon}")
@@ -61,6 +65,10 @@ class BatchedPolicy:
         self.argmax = argmax
         self.device = next(agent.parameters()).device
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs needs an agent on CUDA, this one is on {self.device}")
+        self.graphed = (GraphedSampler(agent, argmax=argmax, generator=self.generator)
+                        if cuda_graphs else None)
         self.goal_conditioned = bool(getattr(agent.encoder, "goal_conditioned", False))
         self.uses_proprio = bool(getattr(agent.encoder, "use_proprio", False))
         self.reset()
@@ -139,8 +147,11 @@ class BatchedPolicy:
         if goal_images is not None:
             goal = np.stack([resize_frame(goal_images[i], self.image_size) for i in envs])
             goals = {IMAGE: torch.from_numpy(goal).to(self.device)}
-        chunk = self.agent.sample_actions(observations, goals, argmax=self.argmax,
-                                          generator=self.generator)
+        if self.graphed is not None:
+            chunk = self.graphed(observations, goals)
+        else:
+            chunk = self.agent.sample_actions(observations, goals, argmax=self.argmax,
+                                              generator=self.generator)
         chunk = denormalize(chunk.float().cpu().numpy(), self.stats["actions"], self.kind)
         for row, i in enumerate(envs):
             self.chunks[i], self.chunk_step[i] = chunk[row], 0
