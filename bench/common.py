@@ -98,7 +98,10 @@ def child_arguments(args: argparse.Namespace, parent_only: tuple[str, ...]) -> l
         if name in parent_only or value is None or value is False:
             continue
         flag = f"--{name.replace('_', '-')}"
-        flags += [flag] if value is True else [f"{flag}={value}"]
+        if isinstance(value, list):
+            flags += [flag, *map(str, value)]
+        else:
+            flags += [flag] if value is True else [f"{flag}={value}"]
     return flags
 
 
@@ -136,7 +139,12 @@ def sweep(script: str, args: argparse.Namespace, row_text: Callable[[dict], str]
     rows = []
     for algo in args.algos:
         for precision in args.precisions:
-            row = run_child(script, [*passthrough, "--child", algo, precision, *extra])
+            try:
+                row = run_child(script, [*passthrough, "--child", algo, precision, *extra])
+            except RuntimeError as error:  # one broken configuration must not hide the others
+                rows.append({"algo": algo, "precision": precision, "error": str(error)})
+                print(f"{algo:12s} {precision:5s} FAILED\n{error}", flush=True)
+                continue
             rows.append(row)
             print(f"{algo:12s} {precision:5s} {row_text(row)}", flush=True)
     return rows

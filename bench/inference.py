@@ -2,7 +2,7 @@
 
 Run:  python bench/inference.py [--device cuda] [--algos bc gc_bc gc_ddpm_bc]
                                 [--precisions fp32 bf16] [--image-size 128]
-                                [--encoder resnetv1-34-bridge] [--json out.json]
+                                [--encoder resnetv1-34-bridge] [--cuda-graphs] [--json out.json]
 
 Each (agent, precision) runs in a fresh process: the agent with its preset's defaults (the JAX
 original's) in eval mode, one uint8 observation (and goal) already on the device, the call a
@@ -23,6 +23,7 @@ import torch
 from bridge_torch.agents import build_agent
 from bridge_torch.batch import IMAGE
 from bridge_torch.config import compose_config
+from bridge_torch.graphed import GraphedSampler
 from common import agent_parser, emit, environment, peak_memory_mib, sweep, synchronize
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -32,6 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = agent_parser(__doc__.splitlines()[0], PRECISIONS)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay sample_actions from CUDA graphs (bridge_torch.graphed)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--child", nargs=2, metavar=("ALGO", "PRECISION"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -45,17 +48,24 @@ def measure(args: argparse.Namespace, algo: str, precision: str) -> dict:
                         proprio_dim=7, obs_horizon=config.data.obs_horizon,
                         act_pred_horizon=config.data.act_pred_horizon,
                         image_size=args.image_size)
-    agent = agent.to(device, memory_format=torch.channels_last).eval()
+    agent = agent.to(device).eval()
     generator = torch.Generator(device=device).manual_seed(0)
     size = args.image_size
     observation = {IMAGE: torch.randint(0, 256, (1, config.data.obs_horizon, size, size, 3),
                                         dtype=torch.uint8, generator=generator, device=device)}
     goal = {IMAGE: observation[IMAGE][:, -1]} if algo != "bc" else None
     dtype = PRECISIONS[precision]
+    graphed = (GraphedSampler(agent, argmax=True, generator=generator) if args.cuda_graphs
+               else None)
 
     def call() -> None:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            agent.sample_actions(observation, goal, argmax=True, generator=generator)
+        # no autocast weight cache: a CUDA graph must not capture a cache filled outside it
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None,
+                            cache_enabled=graphed is None):
+            if graphed is not None:
+                graphed(observation, goal)
+            else:
+                agent.sample_actions(observation, goal, argmax=True, generator=generator)
         synchronize(device)
 
     for _ in range(args.warmup):
@@ -78,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(measure(args, *args.child)))
         return {}
     header = {**environment(), "device": args.device, "image_size": args.image_size,
-              "encoder": args.encoder}
+              "encoder": args.encoder, "cuda_graphs": args.cuda_graphs}
     print(" ".join(f"{k}={v}" for k, v in header.items()), flush=True)
     print(f"{'algo':12s} {'prec':5s} {'median ms':>10s} {'p90 ms':>9s} {'peak MiB':>9s}",
           flush=True)
