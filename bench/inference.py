@@ -37,7 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="replay sample_actions from CUDA graphs (bridge_torch.graphed)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--child", nargs=2, metavar=("ALGO", "PRECISION"), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.cuda_graphs and not args.device.startswith("cuda"):
+        parser.error(f"--cuda-graphs needs a CUDA device, got --device {args.device}")
+    return args
 
 
 def measure(args: argparse.Namespace, algo: str, precision: str) -> dict:
