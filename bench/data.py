@@ -79,7 +79,7 @@ def measure_sampling(store_path: Path, args: argparse.Namespace) -> list[dict]:
             cfg = SamplerConfig(obs_horizon=horizon, act_pred_horizon=args.act_pred_horizon)
             data = TrainingData.from_stores([[store]], stats, cfg, device)
             sampler = TransitionSampler(data, cfg, seed=0)
-            augmenter = Augmenter(AugmentConfig(), seed=0)
+            augmenter = Augmenter(AugmentConfig(compile=False), seed=0)
             compiled = Augmenter(AugmentConfig(compile=True), seed=0)
             steps = {"sample+gather": lambda s=sampler: s.sample(args.batch_size),
                      "sample+gather+augment":

@@ -218,10 +218,20 @@ def test_bad_config(kwargs, key):
         AugmentConfig(**kwargs)
 
 
+def test_colour_ops_compile_by_default_only_on_cuda():
+    default = Augmenter(AugmentConfig(), seed=0)
+    assert default.compiles_on(torch.device("cuda"))
+    assert not default.compiles_on(torch.device("cpu"))
+    for setting in (True, False):
+        forced = Augmenter(AugmentConfig(compile=setting), seed=0)
+        assert forced.compiles_on(torch.device("cpu")) is setting
+        assert forced.compiles_on(torch.device("cuda")) is setting
+
+
 @pytest.mark.slow
 def test_compiled_colour_ops_match_eager():
     batch = make_batch(random_images(8, 2), goal=random_images(8, seed=1))
-    eager = Augmenter(AugmentConfig(), seed=0)(batch)
+    eager = Augmenter(AugmentConfig(compile=False), seed=0)(batch)
     compiled = Augmenter(AugmentConfig(compile=True), seed=0)(batch)
     for key in (OBSERVATIONS, GOALS):
         diff = (compiled[key][IMAGE].int() - eager[key][IMAGE].int()).abs()
