@@ -201,12 +201,16 @@ def _augment(images: torch.Tensor, params: torch.Tensor, plan: list[str | tuple[
     out = torch.empty_like(images)
     n, height, width = images.shape[:3]
     body, last = (plan[:-1], plan[-1]) if plan and plan[-1] != "crop" else (plan, ())
-    chunk = n
+    chunk, planar = n, False
     if images.device.type == "cpu":
         chunk = max(1, CPU_CHUNK_BYTES // (height * width * 3 * 4))
+        # CPU colour ops run 2x faster on planar memory; a leading crop (grid_sample) reads the
+        # channels-last frames as well and writes planar output itself.
+        planar = not (body and body[0] == "crop")
     for start in range(0, n, chunk):
         part = slice(start, start + chunk)
-        x = images[part].permute(0, 3, 1, 2).float()  # (n, 3, H, W), channels-last in memory
+        x = images[part].permute(0, 3, 1, 2)  # (n, 3, H, W) view of the channels-last frames
+        x = (x.contiguous() if planar else x).float()
         for segment in body:
             x = _crop(x, params[part]) if segment == "crop" else colour(x, params[part], segment)
         finish(x, params[part], last, out[part])
