@@ -5,10 +5,11 @@ Run:  python bench/data.py [--device cpu cuda] [--batch-size 256] [--image-size 
 
 Builds a synthetic packed store (random frames) in a temporary directory, then measures
 samples/s of (a) ``TransitionSampler.sample`` (index arithmetic + gather of the observation
-window, goal and action chunk) and (b) sample + ``Augmenter`` (observation frames and goal),
-eager and with ``augment.compile`` (compiled colour ops), for each observation horizon and
-device (CUDA when present): the median over
-windows of ``--seconds / 5`` after a warm-up, synchronising the device at every window edge. It
+window, goal and action chunk) and (b) sample + ``Augmenter`` (observation frames and goal)
+with PyTorch ops, eager and compiled (``augment.compile``), and on CPU with the C kernel
+(``augment.native_cpu``, the CPU default), for each observation horizon and device (CUDA when
+present): the median over windows of ``--seconds / 5`` after a warm-up, synchronising the device
+at every window edge. It
 also times opening a split from a legacy ``out.npy`` the first time (pack into the cache) and
 again (cache hit), against opening the packed store directly, each in a fresh subprocess that
 reports its own peak RSS. Prints a table; the last line is the results as one JSON object.
@@ -79,19 +80,21 @@ def measure_sampling(store_path: Path, args: argparse.Namespace) -> list[dict]:
             cfg = SamplerConfig(obs_horizon=horizon, act_pred_horizon=args.act_pred_horizon)
             data = TrainingData.from_stores([[store]], stats, cfg, device)
             sampler = TransitionSampler(data, cfg, seed=0)
-            augmenter = Augmenter(AugmentConfig(compile=False), seed=0)
-            compiled = Augmenter(AugmentConfig(compile=True), seed=0)
-            steps = {"sample+gather": lambda s=sampler: s.sample(args.batch_size),
-                     "sample+gather+augment":
-                         lambda s=sampler, a=augmenter: a(s.sample(args.batch_size)),
-                     "... augment.compile=true":
-                         lambda s=sampler, a=compiled: a(s.sample(args.batch_size))}
+            augmenters = {
+                "+ augment, PyTorch eager": AugmentConfig(native_cpu=False, compile=False),
+                "+ augment, PyTorch compiled": AugmentConfig(native_cpu=False, compile=True)}
+            if device.type == "cpu":
+                augmenters["+ augment, C kernel"] = AugmentConfig(native_cpu=True)
+            steps = {"sample+gather": lambda s=sampler: s.sample(args.batch_size)}
+            for label, augment_cfg in augmenters.items():
+                augmenter = Augmenter(augment_cfg, seed=0)
+                steps[label] = lambda s=sampler, a=augmenter: a(s.sample(args.batch_size))
             for what, step in steps.items():
                 rate = throughput(step, args.batch_size, args.seconds, device)
                 results.append({"device": str(device), "obs_horizon": horizon, "what": what,
                                 "samples_per_s": round(rate, 1),
                                 "ms_per_batch": round(1000 * args.batch_size / rate, 3)})
-                print(f"{device!s:6s} K={horizon}  {what:24s} {rate:10.0f} samples/s  "
+                print(f"{device!s:6s} K={horizon}  {what:28s} {rate:10.0f} samples/s  "
                       f"{1000 * args.batch_size / rate:8.2f} ms/batch", flush=True)
     return results
 

@@ -82,6 +82,7 @@ def test_inference_and_data_benches_report_json() -> None:
                      "--obs-horizons", "1", "--seconds", "0.2", "--trajectories", "4",
                      "--traj-length", "8")
     assert {r["what"] for r in data["sampling"]} == {
-        "sample+gather", "sample+gather+augment", "... augment.compile=true"}
+        "sample+gather", "+ augment, PyTorch eager", "+ augment, PyTorch compiled",
+        "+ augment, C kernel"}
     opened = {r["what"]: r for r in data["open"]}
     assert opened["out.npy, cached"]["seconds"] < opened["out.npy, first open (pack)"]["seconds"]

@@ -11,7 +11,9 @@ Parameters come from a CPU ``torch.Generator`` (deterministic by seed on any dev
 per sample are copied to the device asynchronously). Pixels are processed as float32 in [0, 255]
 and rounded to the nearest uint8 at the end; TF truncates (``uint8(x * 255)``), which darkens every
 image by half a level on average and turns float noise of an identity transform into -1 steps.
-On CPU the images go through the whole op chain in small chunks that stay in cache.
+On CPU, batches go through the C kernel of ``augment_cpu.c`` (the same ops, one image at a time
+in cache; ``native_cpu``); without a C compiler, or with ``native_cpu=false``, through the
+PyTorch ops below in small chunks that stay in cache. On CUDA, through the PyTorch ops.
 """
 
 import math
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS, SALIENCY, SALIENCY_MASK
+from bridge_torch.data import augment_cpu
 from bridge_torch.data.color import (
     adjust_brightness,
     adjust_contrast,
@@ -52,9 +55,12 @@ class AugmentConfig:
     saturation: list[float] = field(default_factory=lambda: [0.8, 1.2])  # factor ~ U[lo, hi)
     hue: float = 0.1  # hue shift ~ U[-d, d] in turns of the hue circle, d <= 0.5 (JAX 0.1)
     augment_next_obs_goal_differently: bool = False  # goal draws its own parameters (JAX False)
-    # torch.compile the colour ops and the uint8 store; the first batch compiles (~10-30 s).
-    # None = on for CUDA batches (1.7x faster there), off on CPU (1.3-1.5x, not worth the
-    # compile time of short CPU runs)
+    # CPU batches through the C kernel of augment_cpu.c (compiled on first use; PyTorch ops if
+    # no C compiler is found): the same ops, one image at a time in cache, 2-3x faster
+    native_cpu: bool = True
+    # torch.compile the PyTorch path's colour ops and uint8 store (CUDA, or CPU without the
+    # native kernel); the first batch compiles (~10-30 s). None = on for CUDA batches (1.7x
+    # faster there), off on CPU
     compile: Optional[bool] = None
 
     def __post_init__(self) -> None:
@@ -91,6 +97,8 @@ class Augmenter:
         """
         self.cfg, self.seed = cfg, seed
         self._plan = _plan(cfg.order)
+        self._ops = [op for segment in self._plan
+                     for op in ([segment] if segment == "crop" else segment)]
         # torch.compile fuses each run of colour ops - the last one together with the rounding
         # and the float -> interleaved uint8 store - into a few kernels (CPU: C++ loops, CUDA:
         # Triton); the crop stays the eager grid_sample, which compiles to slower gathers.
@@ -117,14 +125,21 @@ class Augmenter:
             images.append(batch[GOALS][IMAGE])
             different = self.cfg.augment_next_obs_goal_differently
             per_image.append(self._draw(batch_size, obs_images.device) if different else params)
-        # One pass over all images of the batch (on CUDA: one set of kernel launches).
-        colour, finish = (self._compiled if self.compiles_on(obs_images.device)
-                          else (_apply_colour, _finish_eager))
-        augmented = _augment(torch.cat(images), torch.cat(per_image), self._plan, colour, finish)
-        observations[IMAGE] = augmented[:batch_size * window].view(obs_images.shape)
+        kernel = None
+        if self.cfg.native_cpu and obs_images.device.type == "cpu":
+            kernel = augment_cpu.load_kernel()
+        if kernel is not None:  # image by image in C: no concatenated copy of the batch
+            augmented = [augment_cpu.augment(x, p, self._ops, kernel)
+                         for x, p in zip(images, per_image, strict=True)]
+        else:  # one pass over all images of the batch (on CUDA: one set of kernel launches)
+            colour, finish = (self._compiled if self.compiles_on(obs_images.device)
+                              else (_apply_colour, _finish_eager))
+            augmented = _augment(torch.cat(images), torch.cat(per_image), self._plan, colour,
+                                 finish).split([len(x) for x in images])
+        observations[IMAGE] = augmented[0].view(obs_images.shape)
         out = {**batch, OBSERVATIONS: observations}
         if GOALS in batch:
-            out[GOALS] = {**batch[GOALS], IMAGE: augmented[batch_size * window:]}
+            out[GOALS] = {**batch[GOALS], IMAGE: augmented[1]}
         if SALIENCY in observations and "crop" in self.cfg.order:
             maps = _crop(observations[SALIENCY][:, None], params)[:, 0]
             observations[SALIENCY], informative = minmax_normalize(maps)

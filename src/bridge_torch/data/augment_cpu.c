@@ -1,0 +1,204 @@
+/* The whole image augmentation for CPU batches, one image at a time in cache.
+ *
+ * The same ops and formulas as augment.py / color.py (TF semantics, reference-spec 9.1) on
+ * float32 pixels in [0, 255], applied in the configured order: crop (bilinear crop-and-resize,
+ * grid_sample(align_corners=True, padding_mode="border") for an axis-aligned box), brightness,
+ * contrast, saturation, hue and the fused saturation+hue HSV round trip; then rounding to the
+ * nearest uint8 (ties to even, as torch.round). With PyTorch ops each step is a pass over the
+ * whole batch in memory; here every step is a pass over one image's three planes, which stay in
+ * the CPU cache. Results equal the PyTorch path up to float rounding (at most one uint8 level).
+ * Built and loaded at run time by bridge_torch/data/native.py.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MULTIVERSION __attribute__((flatten, target_clones("avx512f", "avx2", "default")))
+#else
+#define MULTIVERSION
+#endif
+
+/* Op codes (augment.py NATIVE_OPS) and parameter columns (augment.py TOP ... HUE). */
+enum { OP_CROP, OP_BRIGHTNESS, OP_CONTRAST, OP_SATURATION, OP_HUE, OP_SATURATION_HUE };
+enum { TOP, LEFT, HEIGHT, WIDTH, BRIGHTNESS, CONTRAST, SATURATION, HUE, NUM_PARAMS };
+
+#define PIXEL_MAX 255.0f
+#define TINY 1e-12f
+
+/* Plain comparisons rather than fminf/fmaxf, whose NaN rules keep the compiler from using the
+ * vector min/max instructions (pixels are never NaN). */
+static inline float min(float a, float b) { return a < b ? a : b; }
+static inline float max(float a, float b) { return a > b ? a : b; }
+static inline float clip(float x) { return min(max(x, 0.0f), PIXEL_MAX); }
+
+/* Sample position of output index i of size pixels for a box [start, start + extent]. */
+static inline float source_position(float start, float extent, int64_t i, int64_t size) {
+    float t = size > 1 ? (float)i / (float)(size - 1) : 0.0f;
+    float position = (start + t * extent) * (float)(size - 1);
+    return min(max(position, 0.0f), (float)(size - 1));
+}
+
+/* Lower neighbour and weight of a position; the last pixel interpolates with weight 1. */
+static inline int64_t neighbour(float position, int64_t size, float *weight) {
+    int64_t low = (int64_t)floorf(position);
+    if (low > size - 2) low = size > 1 ? size - 2 : 0;
+    *weight = size > 1 ? position - (float)low : 0.0f;
+    return low;
+}
+
+/* Along a row: out[j] = lerp(row[left[j]], row[left[j] + next], frac[j]). */
+static inline void resample_row(const float *restrict row, const int32_t *restrict left,
+                                const float *restrict frac, int64_t next, float *restrict out,
+                                int64_t w) {
+    for (int64_t j = 0; j < w; ++j) {
+        const float a = row[left[j]], b = row[left[j] + next];
+        out[j] = a + frac[j] * (b - a);
+    }
+}
+
+/* Bilinear crop of the three planes: rows first (two source rows), then along the row. The
+ * source is the interleaved uint8 frame (first op: no float copy of it) or planar float. */
+static void crop(const float *src_f, const uint8_t *src_u8, float *dst, const float *p,
+                 int64_t h, int64_t w, int32_t *left, float *frac, float *restrict row) {
+    const int64_t stride = src_u8 ? 3 : 1;  /* distance of horizontal neighbours in row */
+    const int64_t next = w > 1 ? stride : 0;
+    for (int64_t j = 0; j < w; ++j)
+        left[j] = (int32_t)(stride * neighbour(source_position(p[LEFT], p[WIDTH], j, w), w,
+                                               &frac[j]));
+    for (int64_t i = 0; i < h; ++i) {
+        float fy;
+        const int64_t y0 = neighbour(source_position(p[TOP], p[HEIGHT], i, h), h, &fy);
+        const int64_t y1 = h > 1 ? y0 + 1 : y0;
+        if (src_u8) {  /* both source rows hold all three channels, interleaved */
+            const uint8_t *restrict top = src_u8 + y0 * 3 * w;
+            const uint8_t *restrict bottom = src_u8 + y1 * 3 * w;
+            for (int64_t x = 0; x < 3 * w; ++x)
+                row[x] = (float)top[x] + fy * ((float)bottom[x] - (float)top[x]);
+            for (int64_t ch = 0; ch < 3; ++ch)
+                resample_row(row + ch, left, frac, next, dst + (ch * h + i) * w, w);
+        } else {
+            for (int64_t ch = 0; ch < 3; ++ch) {
+                const float *restrict top = src_f + (ch * h + y0) * w;
+                const float *restrict bottom = src_f + (ch * h + y1) * w;
+                for (int64_t x = 0; x < w; ++x) row[x] = top[x] + fy * (bottom[x] - top[x]);
+                resample_row(row, left, frac, next, dst + (ch * h + i) * w, w);
+            }
+        }
+    }
+}
+
+static void brightness(float *restrict x, int64_t count, float delta) {
+    const float shift = delta * PIXEL_MAX;
+    for (int64_t t = 0; t < count; ++t) x[t] = clip(x[t] + shift);
+}
+
+static void contrast(float *x, int64_t plane, float factor) {
+    for (int64_t ch = 0; ch < 3; ++ch) {
+        float *restrict c = x + ch * plane;
+        float lanes[16] = {0.0f};  /* independent partial sums: a vectorisable reduction */
+        int64_t t = 0;
+        for (; t + 16 <= plane; t += 16)
+            for (int64_t l = 0; l < 16; ++l) lanes[l] += c[t + l];
+        double sum = 0.0;
+        for (int64_t l = 0; l < 16; ++l) sum += lanes[l];
+        for (; t < plane; ++t) sum += c[t];
+        const float shift = (float)(sum / (double)plane) * (1.0f - factor);
+        for (t = 0; t < plane; ++t) c[t] = clip(c[t] * factor + shift);
+    }
+}
+
+static void saturation(float *x, int64_t plane, float factor) {
+    float *restrict r = x, *restrict g = x + plane, *restrict b = x + 2 * plane;
+    for (int64_t t = 0; t < plane; ++t) {
+        const float value = max(max(r[t], g[t]), b[t]);
+        const float chroma = value - min(min(r[t], g[t]), b[t]);
+        const float ratio = min(factor, value / max(chroma, TINY));
+        r[t] = value + ratio * (r[t] - value);
+        g[t] = value + ratio * (g[t] - value);
+        b[t] = value + ratio * (b[t] - value);
+    }
+}
+
+/* HSV -> RGB: channel = V - C' * clamp(min(k, 4 - k), 0, 1) with k = (n_c + hue6) mod 6 and
+ * n_c = 5, 3, 1 for R, G, B. */
+static inline float trapezoid(float k) { return min(max(min(k, 4.0f - k), 0.0f), 1.0f); }
+
+/* k mod 6 for k in [0, 12): one compare instead of a floor. */
+static inline float wrap6(float k) { return k >= 6.0f ? k - 6.0f : k; }
+
+static void saturation_hue(float *x, int64_t plane, float factor, float delta) {
+    float *restrict r = x, *restrict g = x + plane, *restrict b = x + 2 * plane;
+    for (int64_t t = 0; t < plane; ++t) {
+        const float red = r[t], green = g[t], blue = b[t];
+        const float value = max(max(red, green), blue);
+        const float chroma = value - min(min(red, green), blue);
+        /* hue * chroma * 6; TF's tie priority: red, green, blue (selects, no branches) */
+        float scaled = red - green + 4.0f * chroma;  /* blue is the max */
+        scaled = green == value ? blue - red + 2.0f * chroma : scaled;
+        scaled = red == value ? green - blue : scaled;
+        const float hue6 = scaled / max(chroma, TINY) + delta * 6.0f;  /* in (-4, 8) */
+        /* (hue6 + 1) mod 6 via truncation of a positive number (floorf does not vectorise);
+         * where the two could differ, at multiples of 6, the weights are 0 on both sides */
+        float k_blue = hue6 + 1.0f;
+        k_blue -= (float)((int32_t)(k_blue * (1.0f / 6.0f) + 2.0f) - 2) * 6.0f;
+        const float new_chroma = min(chroma * factor, value);
+        r[t] = value - new_chroma * trapezoid(wrap6(k_blue + 4.0f));
+        g[t] = value - new_chroma * trapezoid(wrap6(k_blue + 2.0f));
+        b[t] = value - new_chroma * trapezoid(k_blue);
+    }
+}
+
+/* images, out: (n, h, w, 3) uint8; params: (n, NUM_PARAMS) float32; ops: n_ops op codes.
+ * Returns 0, or -1 if scratch memory is not available. */
+MULTIVERSION
+int augment(const uint8_t *images, uint8_t *out, const float *params, const int32_t *ops,
+            int64_t n_ops, int64_t n, int64_t h, int64_t w) {
+    const int64_t plane = h * w;
+    float *pixels = malloc(sizeof(float) * 3 * plane);
+    float *spare = malloc(sizeof(float) * 3 * plane);
+    float *row = malloc(sizeof(float) * 3 * w);
+    float *frac = malloc(sizeof(float) * w);
+    int32_t *left = malloc(sizeof(int32_t) * w);  /* 32-bit: vector gathers */
+    if (!pixels || !spare || !row || !frac || !left) {
+        free(pixels); free(spare); free(row); free(frac); free(left);
+        return -1;
+    }
+    for (int64_t k = 0; k < n; ++k) {
+        const uint8_t *src = images + k * plane * 3;
+        const float *p = params + k * NUM_PARAMS;
+        int64_t o = 0;
+        if (n_ops > 0 && ops[0] == OP_CROP) {  /* straight from the uint8 frame */
+            crop(NULL, src, pixels, p, h, w, left, frac, row);
+            o = 1;
+        } else {
+            for (int64_t t = 0; t < plane; ++t)
+                for (int64_t ch = 0; ch < 3; ++ch) pixels[ch * plane + t] = (float)src[3 * t + ch];
+        }
+        for (; o < n_ops; ++o) {
+            switch (ops[o]) {
+            case OP_CROP: {
+                crop(pixels, NULL, spare, p, h, w, left, frac, row);
+                float *swap = pixels; pixels = spare; spare = swap;
+                break;
+            }
+            case OP_BRIGHTNESS: brightness(pixels, 3 * plane, p[BRIGHTNESS]); break;
+            case OP_CONTRAST: contrast(pixels, plane, p[CONTRAST]); break;
+            case OP_SATURATION: saturation(pixels, plane, p[SATURATION]); break;
+            case OP_HUE: saturation_hue(pixels, plane, 1.0f, p[HUE]); break;
+            case OP_SATURATION_HUE: saturation_hue(pixels, plane, p[SATURATION], p[HUE]); break;
+            default: break;
+            }
+        }
+        uint8_t *restrict levels = (uint8_t *)spare;  /* planar uint8, then interleaved */
+        for (int64_t t = 0; t < 3 * plane; ++t) levels[t] = (uint8_t)nearbyintf(clip(pixels[t]));
+        uint8_t *restrict dst = out + k * plane * 3;
+        for (int64_t t = 0; t < plane; ++t) {
+            dst[3 * t] = levels[t];
+            dst[3 * t + 1] = levels[plane + t];
+            dst[3 * t + 2] = levels[2 * plane + t];
+        }
+    }
+    free(pixels); free(spare); free(row); free(frac); free(left);
+    return 0;
+}

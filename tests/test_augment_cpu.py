@@ -1,0 +1,96 @@
+"""The C kernel for CPU augmentation (data/augment_cpu.c) against the PyTorch ops it replaces."""
+
+import logging
+
+import pytest
+import torch
+
+from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS
+from bridge_torch.data import augment_cpu
+from bridge_torch.data.augment import AugmentConfig, Augmenter
+
+# wider than the defaults, so clipping, saturation > 1 and large hue shifts all occur
+STRONG = {"crop_scale": [0.3, 1.0], "crop_ratio": [0.7, 1.4], "brightness": 0.4,
+          "contrast": [0.4, 1.6], "saturation": [0.0, 2.5], "hue": 0.5}
+ORDERS = [
+    ["crop", "brightness", "contrast", "saturation", "hue"],  # the default (JAX) order
+    ["crop"], ["brightness"], ["contrast"], ["saturation"], ["hue"],
+    ["hue", "saturation"],  # fused HSV round trip, other order
+    ["contrast", "crop", "saturation", "brightness"],  # crop from float, saturation alone
+    [],
+]
+
+
+def batch(samples: int = 6, window: int = 2, height: int = 20, width: int = 36,
+          seed: int = 0) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (samples, window + 1, height, width, 3), generator=generator,
+                           dtype=torch.uint8)
+    images[0] = 0  # flat images: chroma 0 and contrast of a constant
+    images[1, ..., 0] = images[1, ..., 1]  # ties between the max channels
+    return {OBSERVATIONS: {IMAGE: images[:, :window].contiguous()},
+            GOALS: {IMAGE: images[:, window].contiguous()}}
+
+
+def augmented(cfg: AugmentConfig, data: dict) -> list[torch.Tensor]:
+    out = Augmenter(cfg, seed=3)(data)
+    return [out[OBSERVATIONS][IMAGE], out[GOALS][IMAGE]]
+
+
+@pytest.mark.parametrize("order", ORDERS, ids=lambda order: "-".join(order) or "none")
+def test_kernel_matches_the_pytorch_ops(order: list[str]) -> None:
+    assert augment_cpu.load_kernel() is not None, "the test machine has a C compiler"
+    data = batch()
+    native = augmented(AugmentConfig(order=order, **STRONG), data)
+    reference = augmented(AugmentConfig(order=order, native_cpu=False, compile=False, **STRONG),
+                          data)
+    for got, expected in zip(native, reference, strict=True):
+        assert got.shape == expected.shape and got.dtype == torch.uint8
+        diff = (got.int() - expected.int()).abs()
+        assert diff.max() <= 1 and diff.float().mean() < 0.01  # float rounding only
+
+
+def test_kernel_results_do_not_depend_on_the_thread_count() -> None:
+    data = batch(samples=9)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = augmented(AugmentConfig(**STRONG), data)
+        torch.set_num_threads(3)
+        several = augmented(AugmentConfig(**STRONG), data)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(single, several, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_without_a_compiler_the_pytorch_ops_are_used(monkeypatch, tmp_path, caplog) -> None:
+    monkeypatch.setenv("BRIDGE_TORCH_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    augment_cpu.load_kernel.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert augment_cpu.load_kernel() is None
+        assert "cannot build the CPU augmentation kernel" in caplog.text
+        data = batch()
+        fallback = augmented(AugmentConfig(**STRONG), data)
+        reference = augmented(AugmentConfig(native_cpu=False, compile=False, **STRONG), data)
+        for a, b in zip(fallback, reference, strict=True):
+            assert torch.equal(a, b)
+        assert list(tmp_path.iterdir()) == []  # nothing half-built left behind
+    finally:
+        augment_cpu.load_kernel.cache_clear()
+
+
+def test_the_kernel_is_built_once_into_its_cache(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("BRIDGE_TORCH_CACHE", str(tmp_path))
+    augment_cpu.load_kernel.cache_clear()
+    try:
+        assert augment_cpu.load_kernel() is not None
+        (library,) = tmp_path.glob("augment_cpu-*.so")
+        built = library.stat().st_mtime_ns
+        augment_cpu.load_kernel.cache_clear()
+        assert augment_cpu.load_kernel() is not None
+        assert library.stat().st_mtime_ns == built and len(list(tmp_path.iterdir())) == 1
+    finally:
+        augment_cpu.load_kernel.cache_clear()
