@@ -7,7 +7,7 @@ import torch
 
 from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS
 from bridge_torch.data import augment_cpu
-from bridge_torch.data.augment import AugmentConfig, Augmenter
+from bridge_torch.data.augment import NUM_PARAMS, AugmentConfig, Augmenter
 
 # wider than the defaults, so clipping, saturation > 1 and large hue shifts all occur
 STRONG = {"crop_scale": [0.3, 1.0], "crop_ratio": [0.7, 1.4], "brightness": 0.4,
@@ -94,3 +94,13 @@ def test_the_kernel_is_built_once_into_its_cache(monkeypatch, tmp_path) -> None:
         assert library.stat().st_mtime_ns == built and len(list(tmp_path.iterdir())) == 1
     finally:
         augment_cpu.load_kernel.cache_clear()
+
+
+def test_bad_inputs_are_refused_before_the_kernel_runs() -> None:
+    kernel = augment_cpu.load_kernel()
+    assert augment_cpu.PARAMS_PER_IMAGE == NUM_PARAMS
+    images = torch.zeros((2, 8, 8, 3), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="uint8"):
+        augment_cpu.augment(images.float(), torch.zeros(2, NUM_PARAMS), ["crop"], kernel)
+    with pytest.raises(ValueError, match="parameters"):
+        augment_cpu.augment(images, torch.zeros(3, NUM_PARAMS), ["crop"], kernel)

@@ -33,6 +33,7 @@ COMPILE_FLAGS = ["-O3", "-std=c11", "-shared", "-fPIC", "-fno-math-errno", "-fno
 # augment.py's op names -> the kernel's op codes (augment_cpu.c, enum OP_*)
 OP_CODES = {"crop": 0, "brightness": 1, "contrast": 2, "saturation": 3, "hue": 4,
             "saturation_hue": 5}
+PARAMS_PER_IMAGE = 8  # augment.py's parameter columns TOP ... HUE (augment_cpu.c, NUM_PARAMS)
 
 
 def cache_dir() -> Path:
@@ -70,6 +71,12 @@ def augment(images: torch.Tensor, params: torch.Tensor, ops: list[str],
             kernel: ctypes.CDLL) -> torch.Tensor:
     """Apply ``ops`` (names of ``OP_CODES``, in order) to uint8 images (n, H, W, 3) on the CPU
     with per-image ``params`` (n, NUM_PARAMS); returns new uint8 images (n, H, W, 3)."""
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected uint8 (n, H, W, 3) images, got {images.dtype} "
+                         f"{tuple(images.shape)}")
+    if params.shape != (images.shape[0], PARAMS_PER_IMAGE):
+        raise ValueError(f"expected ({images.shape[0]}, {PARAMS_PER_IMAGE}) parameters, got "
+                         f"{tuple(params.shape)}")
     images = images.contiguous()
     params = params.to(torch.float32).contiguous()
     codes = torch.tensor([OP_CODES[op] for op in ops], dtype=torch.int32)
