@@ -143,3 +143,17 @@ def test_bad_encoder_config_is_a_clear_error() -> None:
         EncoderConfig(name="resnet101")
     with pytest.raises(ValueError, match="pooling_method"):
         EncoderConfig(pooling_method="mean")
+
+
+def test_memory_layout_changes_speed_not_results() -> None:
+    torch.manual_seed(0)
+    channels_last = ResNetEncoder(EncoderConfig(**MINI))
+    planar = ResNetEncoder(EncoderConfig(channels_last=False, **MINI))
+    planar.load_state_dict(channels_last.state_dict())
+    images = _images(2, 64)
+    (features, feature_map), (expected, expected_map) = channels_last(images), planar(images)
+    assert feature_map.shape[-2:] == (2, 2)
+    assert feature_map.is_contiguous(memory_format=torch.channels_last)
+    assert not feature_map.is_contiguous() and expected_map.is_contiguous()
+    torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(feature_map, expected_map, rtol=1e-4, atol=1e-5)

@@ -100,8 +100,6 @@ class SameConv2d(nn.Conv2d):
         return super().forward(x)
 
 
-
-
 def memory_format(cfg: EncoderConfig) -> torch.memory_format:
     """How the encoder lays out its activations (and so how its conv weights should be kept)."""
     return torch.channels_last if cfg.channels_last else torch.contiguous_format
