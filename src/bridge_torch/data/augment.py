@@ -147,7 +147,8 @@ class Augmenter:
         return out
 
     def compiles_on(self, device: torch.device) -> bool:
-        """Whether batches on ``device`` go through the compiled colour ops."""
+        """Whether batches on ``device`` that take the PyTorch path (CUDA, or CPU without the
+        native kernel) go through the compiled colour ops."""
         if self.cfg.compile is None:
             return device.type == "cuda"
         return self.cfg.compile
