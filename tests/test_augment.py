@@ -243,10 +243,12 @@ def test_compiled_colour_ops_match_eager():
 def test_cuda_matches_cpu():
     batch = make_batch(random_images(8, 2), goal=random_images(8, seed=1),
                        saliency=torch.rand(8, SIZE, SIZE))
-    cpu = Augmenter(AugmentConfig(), seed=0)(batch)
+    # the same PyTorch ops on both devices (the CPU default is the C kernel, CUDA's compiled)
+    eager = AugmentConfig(native_cpu=False, compile=False)
+    cpu = Augmenter(eager, seed=0)(batch)
     on_device = {OBSERVATIONS: {k: v.cuda() for k, v in batch[OBSERVATIONS].items()},
                  GOALS: {IMAGE: batch[GOALS][IMAGE].cuda()}}
-    cuda = Augmenter(AugmentConfig(), seed=0)(on_device)
+    cuda = Augmenter(eager, seed=0)(on_device)
     assert cuda[OBSERVATIONS][IMAGE].device.type == "cuda"
     diff = (cuda[OBSERVATIONS][IMAGE].cpu().int() - cpu[OBSERVATIONS][IMAGE].int()).abs()
     assert diff.max() <= 1  # same parameters; float rounding may differ by one level
