@@ -101,6 +101,8 @@ def test_bad_inputs_are_refused_before_the_kernel_runs() -> None:
     assert augment_cpu.PARAMS_PER_IMAGE == NUM_PARAMS
     images = torch.zeros((2, 8, 8, 3), dtype=torch.uint8)
     with pytest.raises(ValueError, match="uint8"):
-        augment_cpu.augment(images.float(), torch.zeros(2, NUM_PARAMS), ["crop"], kernel)
+        augment_cpu.augment(images.float(), torch.zeros(2, NUM_PARAMS),
+                            augment_cpu.op_codes(["crop"]), kernel)
     with pytest.raises(ValueError, match="parameters"):
-        augment_cpu.augment(images, torch.zeros(3, NUM_PARAMS), ["crop"], kernel)
+        augment_cpu.augment(images, torch.zeros(3, NUM_PARAMS),
+                            augment_cpu.op_codes(["crop"]), kernel)

@@ -97,16 +97,9 @@ class Augmenter:
         """
         self.cfg, self.seed = cfg, seed
         self._plan = _plan(cfg.order)
-        self._ops = [op for segment in self._plan
-                     for op in ([segment] if segment == "crop" else segment)]
-        # torch.compile fuses each run of colour ops - the last one together with the rounding
-        # and the float -> interleaved uint8 store - into a few kernels (CPU: C++ loops, CUDA:
-        # Triton); the crop stays the eager grid_sample, which compiles to slower gathers.
-        # Compiling happens on the first batch that uses them.
-        self._compiled: tuple[Callable, Callable] | None = None
-        if cfg.compile is not False:
-            self._compiled = (torch.compile(_apply_colour, dynamic=False),
-                              _compiled_finish(torch.compile(_finish_to_uint8, dynamic=False)))
+        self._op_codes = augment_cpu.op_codes([op for segment in self._plan for op in (
+            [segment] if segment == "crop" else segment)])
+        self._compiled: tuple[Callable, Callable] | None = None  # built when first needed
         self._generator = torch.Generator()
         self._generator.manual_seed(seed)
 
@@ -129,11 +122,10 @@ class Augmenter:
         if self.cfg.native_cpu and obs_images.device.type == "cpu":
             kernel = augment_cpu.load_kernel()
         if kernel is not None:  # image by image in C: no concatenated copy of the batch
-            augmented = [augment_cpu.augment(x, p, self._ops, kernel)
+            augmented = [augment_cpu.augment(x, p, self._op_codes, kernel)
                          for x, p in zip(images, per_image, strict=True)]
         else:  # one pass over all images of the batch (on CUDA: one set of kernel launches)
-            colour, finish = (self._compiled if self.compiles_on(obs_images.device)
-                              else (_apply_colour, _finish_eager))
+            colour, finish = self._pytorch_ops(obs_images.device)
             augmented = _augment(torch.cat(images), torch.cat(per_image), self._plan, colour,
                                  finish).split([len(x) for x in images])
         observations[IMAGE] = augmented[0].view(obs_images.shape)
@@ -152,6 +144,20 @@ class Augmenter:
         if self.cfg.compile is None:
             return device.type == "cuda"
         return self.cfg.compile
+
+    def _pytorch_ops(self, device: torch.device) -> tuple[Callable, Callable]:
+        """The colour-run and finishing functions of the PyTorch path, compiled if
+        ``compiles_on(device)``. torch.compile fuses each run of colour ops - the last one
+        together with the rounding and the float -> interleaved uint8 store - into a few kernels
+        (CPU: C++ loops, CUDA: Triton); the crop stays the eager grid_sample, which compiles to
+        slower gathers. The wrappers are made on first use (importing the compiler takes ~2 s)
+        and compile on their first batch."""
+        if not self.compiles_on(device):
+            return _apply_colour, _finish_eager
+        if self._compiled is None:
+            self._compiled = (torch.compile(_apply_colour, dynamic=False),
+                              _compiled_finish(torch.compile(_finish_to_uint8, dynamic=False)))
+        return self._compiled
 
     def state_dict(self) -> dict[str, Any]:
         """Generator state (uint8 tensor) and seed: plain data, ``weights_only``-loadable."""

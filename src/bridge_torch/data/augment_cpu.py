@@ -6,9 +6,9 @@ rounding, the interleaved uint8 store), each near 1 ns per value per core: about
 a time, whose float planes stay in the CPU cache, and is called through ``ctypes`` (which
 releases the GIL) on ``torch.get_num_threads()`` threads over slices of the batch. Results equal
 the PyTorch ops' up to float rounding (at most one uint8 level). The kernel is compiled with the
-system C compiler (``$CC``, default ``cc``) into a cache directory (``$BRIDGE_TORCH_CACHE``,
-default ``~/.cache/bridge_torch``) keyed by its source; without a compiler the augmenter uses
-the PyTorch ops (one warning).
+system C compiler (``$CC``, default ``cc``) into the project's cache (``datasets.cache_root``:
+``$BRIDGE_TORCH_CACHE`` or ``~/.cache/bridge_torch``) under a name keyed by its source; without a
+compiler the augmenter uses the PyTorch ops (one warning).
 """
 
 import ctypes
@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from bridge_torch.data.datasets import cache_root
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("augment_cpu.c")
@@ -36,10 +38,6 @@ OP_CODES = {"crop": 0, "brightness": 1, "contrast": 2, "saturation": 3, "hue": 4
 PARAMS_PER_IMAGE = 8  # augment.py's parameter columns TOP ... HUE (augment_cpu.c, NUM_PARAMS)
 
 
-def cache_dir() -> Path:
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bridge_torch"
-    return Path(os.environ.get("BRIDGE_TORCH_CACHE", default))
-
 
 @functools.cache
 def load_kernel() -> ctypes.CDLL | None:
@@ -47,7 +45,7 @@ def load_kernel() -> ctypes.CDLL | None:
     compiler = os.environ.get("CC", "cc")
     fingerprint = b"\0".join([SOURCE.read_bytes(), compiler.encode(),
                               " ".join(COMPILE_FLAGS).encode(), platform.machine().encode()])
-    library = cache_dir() / f"augment_cpu-{hashlib.sha256(fingerprint).hexdigest()[:16]}.so"
+    library = cache_root() / f"augment_cpu-{hashlib.sha256(fingerprint).hexdigest()[:16]}.so"
     try:
         if not library.exists():
             library.parent.mkdir(parents=True, exist_ok=True)
@@ -67,10 +65,15 @@ def load_kernel() -> ctypes.CDLL | None:
     return kernel
 
 
-def augment(images: torch.Tensor, params: torch.Tensor, ops: list[str],
+def op_codes(ops: list[str]) -> torch.Tensor:
+    """The kernel's int32 codes of augment.py's op names (``OP_CODES``), in order."""
+    return torch.tensor([OP_CODES[op] for op in ops], dtype=torch.int32)
+
+
+def augment(images: torch.Tensor, params: torch.Tensor, codes: torch.Tensor,
             kernel: ctypes.CDLL) -> torch.Tensor:
-    """Apply ``ops`` (names of ``OP_CODES``, in order) to uint8 images (n, H, W, 3) on the CPU
-    with per-image ``params`` (n, NUM_PARAMS); returns new uint8 images (n, H, W, 3)."""
+    """Apply the ops ``codes`` (from ``op_codes``) to uint8 images (n, H, W, 3) on the CPU with
+    per-image ``params`` (n, NUM_PARAMS); returns new uint8 images (n, H, W, 3)."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected uint8 (n, H, W, 3) images, got {images.dtype} "
                          f"{tuple(images.shape)}")
@@ -79,7 +82,6 @@ def augment(images: torch.Tensor, params: torch.Tensor, ops: list[str],
                          f"{tuple(params.shape)}")
     images = images.contiguous()
     params = params.to(torch.float32).contiguous()
-    codes = torch.tensor([OP_CODES[op] for op in ops], dtype=torch.int32)
     n, height, width, _ = images.shape
     out = torch.empty_like(images)
     threads = max(1, min(torch.get_num_threads(), n))
@@ -87,7 +89,7 @@ def augment(images: torch.Tensor, params: torch.Tensor, ops: list[str],
 
     def run(start: int, stop: int) -> int:
         return kernel.augment(images[start].data_ptr(), out[start].data_ptr(),
-                              params[start].data_ptr(), codes.data_ptr(), len(ops),
+                              params[start].data_ptr(), codes.data_ptr(), codes.numel(),
                               stop - start, height, width)
 
     pool = _pool(threads) if threads > 1 else None

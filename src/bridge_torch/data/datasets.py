@@ -137,11 +137,15 @@ def file_fingerprint(path: Path, *, with_hash: bool = True) -> dict[str, Any]:
     return record
 
 
+def cache_root() -> Path:
+    """The project's per-user cache: ``$BRIDGE_TORCH_CACHE``, default ``~/.cache/bridge_torch``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "bridge_torch").expanduser()
+
+
 def cache_dir_for(legacy_path: Path) -> Path:
     """Fallback cache directory of an out.npy whose data directory is not writable."""
-    base = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "bridge_torch"
     key = hashlib.sha256(str(Path(legacy_path).absolute()).encode()).hexdigest()[:32]
-    return Path(base).expanduser() / key
+    return cache_root() / key
 
 
 def _is_writable(directory: Path) -> bool:
