@@ -95,3 +95,25 @@ def test_fused_norm_compiles_into_a_graph() -> None:
     residual = torch.randn_like(x)
     compiled = torch.compile(norm, fullgraph=True)
     torch.testing.assert_close(compiled(x, residual), norm(x, residual))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_custom_op_path_matches_the_eager_path(device) -> None:
+    """What torch.compile traces (the registered custom ops and their autograd) computes what
+    eager calls (the autograd.Function) do."""
+    generator = torch.Generator().manual_seed(0)
+    x, residual, grad = (torch.randn((2, 16, 5, 5), generator=generator).to(device)
+                         .contiguous(memory_format=torch.channels_last) for _ in range(3))
+    weight = (torch.randn(16, generator=generator) + 1).to(device)
+    bias = torch.randn(16, generator=generator).to(device)
+
+    def output_and_grads(call) -> list[torch.Tensor]:
+        inputs = [t.clone().requires_grad_(True) for t in (x, weight, bias, residual)]
+        out = call(*inputs)
+        return [out, *torch.autograd.grad(out, inputs, grad)]
+
+    eager = output_and_grads(lambda *a: group_norm.fused_group_norm_act(*a, 4, 1e-5, True))
+    traced = output_and_grads(
+        lambda *a: torch.ops.bridge_torch.group_norm_act(*a, 4, 1e-5, True)[0])
+    for a, b in zip(eager, traced, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -15,6 +15,7 @@ Everywhere else (CPU, NCHW-contiguous input, relu/gelu, ``fused=False``) it comp
 """
 
 import os
+from collections.abc import Callable
 from typing import Optional
 
 import torch
@@ -83,16 +84,28 @@ class _FusedGroupNormAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, residual, groups, eps, swish):
         y, mean, rstd = _launch_forward(x, weight, bias, residual, groups, eps, swish)
-        ctx.save_for_backward(x, weight, bias, residual, mean, rstd)
-        ctx.groups, ctx.swish = groups, swish
+        _save_for_backward(ctx, (x, weight, bias, residual, groups, eps, swish), mean, rstd)
         return y
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight, bias, residual, mean, rstd = ctx.saved_tensors
-        grad_x, grad_w, grad_b, grad_r = _launch_backward(grad, x, weight, bias, residual, mean,
-                                                          rstd, ctx.groups, ctx.swish)
-        return grad_x, grad_w, grad_b, grad_r if residual is not None else None, None, None, None
+        return _input_grads(ctx, grad, _launch_backward)
+
+
+def _save_for_backward(ctx, inputs: tuple, mean: torch.Tensor, rstd: torch.Tensor) -> None:
+    """What both autograd paths keep: the inputs and the per-group statistics."""
+    x, weight, bias, residual, groups, _, swish = inputs
+    ctx.save_for_backward(x, weight, bias, residual, mean, rstd)
+    ctx.groups, ctx.swish = groups, swish
+
+
+def _input_grads(ctx, grad: torch.Tensor, backward: Callable) -> tuple:
+    """Gradients for (x, weight, bias, residual, groups, eps, swish), computed by ``backward``
+    (the launcher, or its custom op under torch.compile)."""
+    x, weight, bias, residual, mean, rstd = ctx.saved_tensors
+    grad_x, grad_w, grad_b, grad_r = backward(grad, x, weight, bias, residual, mean, rstd,
+                                              ctx.groups, ctx.swish)
+    return grad_x, grad_w, grad_b, grad_r if residual is not None else None, None, None, None
 
 
 def _launch_shape(x: torch.Tensor, groups: int) -> tuple[int, int, int, int, int]:
@@ -159,21 +172,10 @@ def _(grad, x, weight, bias, residual, mean, rstd, groups, swish):
     return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias), grad_residual
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    x, weight, bias, residual, groups, _, swish = inputs
-    _, mean, rstd = output
-    ctx.save_for_backward(x, weight, bias, residual, mean, rstd)
-    ctx.groups, ctx.swish, ctx.has_residual = groups, swish, residual is not None
-
-
-def _backward(ctx, grad_y, _grad_mean, _grad_rstd):
-    x, weight, bias, residual, mean, rstd = ctx.saved_tensors
-    grad_x, grad_w, grad_b, grad_r = torch.ops.bridge_torch.group_norm_act_backward(
-        grad_y, x, weight, bias, residual, mean, rstd, ctx.groups, ctx.swish)
-    return grad_x, grad_w, grad_b, grad_r if ctx.has_residual else None, None, None, None
-
-
-_group_norm_act.register_autograd(_backward, setup_context=_setup_context)
+_group_norm_act.register_autograd(
+    lambda ctx, grad_y, _grad_mean, _grad_rstd: _input_grads(
+        ctx, grad_y, torch.ops.bridge_torch.group_norm_act_backward),
+    setup_context=lambda ctx, inputs, output: _save_for_backward(ctx, inputs, *output[1:]))
 
 if triton is not None:
 
