@@ -4,9 +4,10 @@ Run:  python bench/precision.py [--device cuda] [--algos gc_bc gc_ddpm_bc] [--st
                                 [--batch-size 256] [--image-size 128]
                                 [--encoder resnetv1-34-bridge] [--json out.json]
 
-Generates a small synthetic BridgeData tree, converts it to a packed store, then trains each
-agent with the real ``bridge-torch-train`` CLI twice per precision with the same seed (so the same
-batches, noise and augmentation): fp32 (TF32 matmuls on CUDA) and autocast. Reported per agent and
+Generates a small synthetic BridgeData tree and converts it to packed stores (the demo's data,
+``demo.prepare_data``, at ``--image-size``), then trains each agent with the real
+``bridge-torch-train`` CLI once per precision with the same seed (so the same batches, noise and
+augmentation): fp32 (TF32 matmuls on CUDA) and autocast. Reported per agent and
 precision: the training loss averaged over the first and the last fifth of the logged steps, the
 largest relative difference to fp32 at any logged step, the final validation loss and mse, and
 the wall time. Prints a table; the last line is all results as one JSON object.
@@ -22,8 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bridge_torch.data.convert import ConvertOptions, convert
-from bridge_torch.data.synthetic import generate_raw_dataset
+from bridge_torch.demo import prepare_data
 from common import emit, environment
 
 PRECISIONS = {"fp32": ["amp.enabled=false"], "bf16": ["amp.enabled=true", "amp.dtype=bfloat16"],
@@ -47,15 +47,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-interval", type=int, default=10)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     return parser.parse_args(argv)
-
-
-def make_data(root: Path, args: argparse.Namespace) -> Path:
-    raw = generate_raw_dataset(root / "raw", seed=0, num_tasks=2, dates_per_task=2,
-                               trajs_per_date=args.trajectories, image_hw=(240, 320))
-    convert(ConvertOptions(raw, root / "data", depth=5, train_proportion=0.8,
-                           im_size=args.image_size, seed=0, format="packed"),
-            num_workers=4, progress=False)
-    return root / "data"
 
 
 def train(algo: str, precision: str, data: Path, runs: Path, args: argparse.Namespace) -> dict:
@@ -105,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{'max rel diff':>12s} {'val loss':>9s} {'val mse':>8s} {'wall s':>7s}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bridge_torch_bench_") as tmp:
-        data = make_data(Path(tmp), args)
+        data = prepare_data(Path(tmp), args.trajectories, seed=0, im_size=args.image_size)
         for algo in args.algos:
             reference = train(algo, "fp32", data, Path(tmp) / "runs", args)
             for precision in ["fp32", *args.precisions]:

@@ -32,8 +32,9 @@ def _stage(message: str) -> None:
     print(f"\n== {message}", flush=True)
 
 
-def prepare_data(out: Path, trajectories: int, seed: int) -> Path:
-    """Generate and convert the synthetic dataset once; later runs reuse it."""
+def prepare_data(out: Path, trajectories: int, seed: int, im_size: int = 64) -> Path:
+    """Generate and convert the synthetic dataset once; later runs reuse it (at the ``im_size``
+    it was first converted at)."""
     raw, data = out / "raw", out / "data"
     if not (raw / ".complete").is_file():
         _stage(f"generating synthetic raw BridgeData in {raw}")
@@ -42,7 +43,7 @@ def prepare_data(out: Path, trajectories: int, seed: int) -> Path:
                              trajs_per_date=trajectories, image_hw=(240, 320), progress=True)
         (raw / ".complete").touch()
     _stage(f"converting to packed stores in {data}")
-    options = ConvertOptions(raw, data, depth=5, train_proportion=0.8, im_size=64,
+    options = ConvertOptions(raw, data, depth=5, train_proportion=0.8, im_size=im_size,
                              seed=seed, format="packed")
     print(format_summary(convert(options, num_workers=2)))
     return data
