@@ -1,7 +1,8 @@
 """Data-pipeline benchmark: sampling, gathering and augmentation throughput, and dataset opening.
 
 Run:  python bench/data.py [--device cpu cuda] [--batch-size 256] [--image-size 128]
-                           [--obs-horizons 1 2] [--seconds 3] [--json results.json]
+                           [--obs-horizons 1 2] [--seconds 3] [--breakdown] [--skip-open]
+                           [--json results.json]
 
 Builds a synthetic packed store (random frames) in a temporary directory, then measures
 samples/s of (a) ``TransitionSampler.sample`` (index arithmetic + gather of the observation
@@ -9,8 +10,9 @@ window, goal and action chunk) and (b) sample + ``Augmenter`` (observation frame
 with PyTorch ops, eager and compiled (``augment.compile``), and on CPU with the C kernel
 (``augment.native_cpu``, the CPU default), for each observation horizon and device (CUDA when
 present): the median over windows of ``--seconds / 5`` after a warm-up, synchronising the device
-at every window edge. It
-also times opening a split from a legacy ``out.npy`` the first time (pack into the cache) and
+at every window edge. ``--breakdown`` also times CPU augmentation alone, per path (C kernel,
+compiled PyTorch ops) and for growing prefixes of the default op order. It also times opening a
+split from a legacy ``out.npy`` the first time (pack into the cache) and
 again (cache hit), against opening the packed store directly, each in a fresh subprocess that
 reports its own peak RSS. Prints a table; the last line is the results as one JSON object.
 """
@@ -25,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bridge_torch.data.augment import AugmentConfig, Augmenter
+from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS
+from bridge_torch.data.augment import AUGMENT_OPS, AugmentConfig, Augmenter
 from bridge_torch.data.datasets import open_split
 from bridge_torch.data.legacy import save_out_npy
 from bridge_torch.data.sampler import SamplerConfig, TrainingData, TransitionSampler
@@ -48,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trajectories", type=int, default=100)
     parser.add_argument("--traj-length", type=int, default=40, help="transitions per trajectory")
     parser.add_argument("--skip-open", action="store_true", help="skip the dataset-opening part")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time CPU augmentation alone per path and op prefix")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--open-child", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -96,6 +101,30 @@ def measure_sampling(store_path: Path, args: argparse.Namespace) -> list[dict]:
                                 "ms_per_batch": round(1000 * args.batch_size / rate, 3)})
                 print(f"{device!s:6s} K={horizon}  {what:28s} {rate:10.0f} samples/s  "
                       f"{1000 * args.batch_size / rate:8.2f} ms/batch", flush=True)
+    return results
+
+
+def measure_breakdown(args: argparse.Namespace) -> list[dict]:
+    """CPU augmentation alone (one batch's observation frames and goals, no sampling) per path,
+    for growing prefixes of the default op order and for the colour ops without the crop: where
+    the time goes."""
+    generator = torch.Generator().manual_seed(0)
+    size, n = args.image_size, args.batch_size
+    frames = torch.randint(0, 256, (2 * n, size, size, 3), dtype=torch.uint8, generator=generator)
+    batch = {OBSERVATIONS: {IMAGE: frames[:n, None]}, GOALS: {IMAGE: frames[n:]}}
+    default = list(AUGMENT_OPS)
+    orders = [default[:k] for k in range(len(default) + 1)] + [default[1:]]
+    paths = {"C kernel": {"native_cpu": True},
+             "PyTorch compiled": {"native_cpu": False, "compile": True}}
+    results = []
+    for path, options in paths.items():
+        for order in orders:
+            augmenter = Augmenter(AugmentConfig(order=order, **options), seed=0)
+            rate = throughput(lambda a=augmenter: a(batch), n, args.seconds, torch.device("cpu"))
+            ms = 1000 * n / rate
+            results.append({"path": path, "order": order, "ms_per_batch": round(ms, 2)})
+            print(f"{path:17s} {'+'.join(order) or '(none)':38s} {ms:8.2f} ms per "
+                  f"{2 * n} images", flush=True)
     return results
 
 
@@ -164,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
         store_path = write_store(workdir / "bench_store", synthetic_trajectories(
             args.trajectories, args.traj_length, args.image_size), progress=False)
         results = {**header, "sampling": measure_sampling(store_path, args)}
+        if args.breakdown:
+            results["breakdown"] = measure_breakdown(args)
         if not args.skip_open:
             results["open"] = measure_open(workdir, args)
     return emit(results, args.json)
