@@ -215,7 +215,7 @@ def _check_weights(sample_weights: list[float] | None, num_sub_datasets: int) ->
 def _assemble_batch(data: TrainingData, cfg: SamplerConfig, traj: torch.Tensor, t: torch.Tensor,
                     generator: torch.Generator) -> dict[str, Any]:
     """Gather the batch of transitions ``(traj, t)``; goals are drawn from ``generator``."""
-    batch_size, window = t.shape[0], cfg.obs_horizon
+    window = cfg.obs_horizon
     length, first_frame = data.traj_length[traj], data.traj_frame_start[traj]
     offsets = torch.arange(1 - window, 1, device=t.device)  # (K,) oldest first
     obs_frames = first_frame[:, None] + (t[:, None] + offsets).clamp_(min=0)  # (B, K)
@@ -229,13 +229,9 @@ def _assemble_batch(data: TrainingData, cfg: SamplerConfig, traj: torch.Tensor, 
             t, length, strategy=cfg.goal_relabeling_strategy,
             reached_proportion=cfg.reached_proportion, discount=cfg.discount,
             goal_delta=list(cfg.goal_delta), generator=generator)
-        # One gather for observation and goal frames: one pass over the memory maps.
-        images = data.gather_frames(torch.cat([obs_frames.reshape(-1), goal_frames]))
-        observations[IMAGE] = images[:batch_size * window].view(batch_size, window,
-                                                                *images.shape[1:])
-        batch[GOALS] = {IMAGE: images[batch_size * window:], PROPRIO: data.proprio[goal_frames]}
-    else:
-        observations[IMAGE] = data.gather_frames(obs_frames)
+        batch[GOALS] = {IMAGE: data.gather_frames(goal_frames),
+                        PROPRIO: data.proprio[goal_frames]}
+    observations[IMAGE] = data.gather_frames(obs_frames)
     if cfg.load_saliency:
         maps = data.gather_saliency(obs_frames).float()  # (B, K, H, W)
         target, informative = minmax_normalize(aggregate_window(maps, t, cfg.saliency_alpha))
