@@ -7,10 +7,11 @@ Run:  python bench/data.py [--device cpu cuda] [--batch-size 256] [--image-size 
 Builds a synthetic packed store (random frames) in a temporary directory, then measures
 samples/s of (a) ``TransitionSampler.sample`` (index arithmetic + gather of the observation
 window, goal and action chunk) and (b) sample + ``Augmenter`` (observation frames and goal)
-with PyTorch ops, eager and compiled (``augment.compile``), and on CPU with the C kernel
-(``augment.native_cpu``, the CPU default), for each observation horizon and device (CUDA when
-present): the median over windows of ``--seconds / 5`` after a warm-up, synchronising the device
-at every window edge. ``--breakdown`` also times CPU augmentation alone, per path (C kernel,
+with PyTorch ops, eager and compiled (``augment.compile``), on CPU with the C kernel
+(``augment.native_cpu``, the CPU default) and on CUDA with the Triton kernel
+(``augment.fused_cuda``), for each observation horizon and device (CUDA when present): the
+median over windows of ``--seconds / 5`` after a warm-up, synchronising the device at every
+window edge. ``--breakdown`` also times CPU augmentation alone, per path (C kernel,
 compiled PyTorch ops) and for growing prefixes of the default op order. It also times opening a
 split from a legacy ``out.npy`` the first time (pack into the cache) and
 again (cache hit), against opening the packed store directly, each in a fresh subprocess that
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS
+from bridge_torch.data import augment_cuda
 from bridge_torch.data.augment import AUGMENT_OPS, AugmentConfig, Augmenter
 from bridge_torch.data.datasets import open_split
 from bridge_torch.data.legacy import save_out_npy
@@ -90,6 +92,8 @@ def measure_sampling(store_path: Path, args: argparse.Namespace) -> list[dict]:
                 "+ augment, PyTorch compiled": AugmentConfig(native_cpu=False, compile=True)}
             if device.type == "cpu":
                 augmenters["+ augment, C kernel"] = AugmentConfig(native_cpu=True)
+            elif augment_cuda.applies(torch.empty(0, device=device)):
+                augmenters["+ augment, Triton kernel"] = AugmentConfig(fused_cuda=True)
             steps = {"sample+gather": lambda s=sampler: s.sample(args.batch_size)}
             for label, augment_cfg in augmenters.items():
                 augmenter = Augmenter(augment_cfg, seed=0)

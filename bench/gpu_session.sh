@@ -37,7 +37,8 @@ summary() {  # the lines of a stage's output worth reading in the reply
 
 stage environment 60 bash -c "nvidia-smi -L; $py -c 'import torch, sys; print(sys.version.split()[0], torch.__version__, torch.version.cuda, torch.cuda.get_device_name())'"
 stage cuda_tests 150 "$py" -m pytest -q -p no:cacheprovider -m cuda tests/test_group_norm.py \
-    tests/test_graphed.py tests/test_agents.py tests/test_augment.py tests/test_sampler.py
+    tests/test_graphed.py tests/test_agents.py tests/test_augment.py tests/test_augment_cuda.py \
+    tests/test_sampler.py
 stage train_step 150 "$py" bench/train_step.py --device cuda --profile 15 \
     --json "$out/train_step.json"
 stage train_step_unfused 60 "$py" bench/train_step.py --device cuda --algos gc_bc \

@@ -3,10 +3,24 @@
 import socket
 from pathlib import Path
 
+import pytest
+import torch
+
 from bridge_torch import checkpoint
 from bridge_torch.agents import build_agent, count_parameters
 from bridge_torch.config import compose_config, to_container
 from bridge_torch.training_state import write_run_files
+from bridge_torch.triton_support import TRITON_INTERPRET, triton
+
+NEEDS_CUDA_AND_TRITON = pytest.mark.skipif(not torch.cuda.is_available() or triton is None,
+                                           reason="needs CUDA + triton")
+# Devices for tests of the Triton kernels: CUDA, and the CPU when the suite runs with
+# TRITON_INTERPRET=1 and triton installed (Triton 3.6's interpreter needs numpy < 2.4).
+TRITON_DEVICES = [
+    pytest.param("cuda", marks=[pytest.mark.cuda, NEEDS_CUDA_AND_TRITON]),
+    pytest.param("cpu", marks=pytest.mark.skipif(not TRITON_INTERPRET or triton is None,
+                                                 reason="needs TRITON_INTERPRET=1 and triton")),
+]
 
 
 def free_port() -> int:

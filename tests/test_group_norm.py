@@ -9,14 +9,8 @@ import torch.nn.functional as F
 
 from bridge_torch.models import group_norm
 from bridge_torch.models.group_norm import GroupNormAct, fused_kernels_apply
+from helpers import NEEDS_CUDA_AND_TRITON, TRITON_DEVICES
 
-DEVICES = [
-    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
-        not torch.cuda.is_available() or group_norm.triton is None, reason="needs CUDA + triton")]),
-    pytest.param("cpu", marks=pytest.mark.skipif(
-        not group_norm.TRITON_INTERPRET or group_norm.triton is None,
-        reason="needs TRITON_INTERPRET=1 and triton")),
-]
 # (N, C, H, W): channels per group 12 (not a power of two) and pixels not a multiple of a tile
 SHAPES = [(3, 48, 7, 7), (2, 64, 33, 33)]
 
@@ -54,7 +48,7 @@ def reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     return run(Reference(), x.detach().double(), detached, grad.double())
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", TRITON_DEVICES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("swish", [True, False])
 @pytest.mark.parametrize("with_residual", [True, False])
@@ -87,8 +81,7 @@ def test_fused_matches_float64_reference(device, shape, swish, with_residual, dt
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available() or group_norm.triton is None,
-                    reason="needs CUDA + triton")
+@NEEDS_CUDA_AND_TRITON
 def test_fused_norm_compiles_into_a_graph() -> None:
     norm = GroupNormAct(4, 32, torch.nn.SiLU()).cuda()
     x = torch.randn(4, 32, 8, 8, device="cuda").contiguous(memory_format=torch.channels_last)
@@ -97,7 +90,7 @@ def test_fused_norm_compiles_into_a_graph() -> None:
     torch.testing.assert_close(compiled(x, residual), norm(x, residual))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", TRITON_DEVICES)
 def test_custom_op_path_matches_the_eager_path(device) -> None:
     """What torch.compile traces (the registered custom ops and their autograd) computes what
     eager calls (the autograd.Function) do."""

@@ -13,9 +13,12 @@ and rounded to the nearest uint8 at the end; TF truncates (``uint8(x * 255)``), 
 image by half a level on average and turns float noise of an identity transform into -1 steps.
 On CPU, batches go through the C kernel of ``augment_cpu.c`` (the same ops, one image at a time
 in cache; ``native_cpu``); without a C compiler, or with ``native_cpu=false``, through the
-PyTorch ops below in small chunks that stay in cache. On CUDA, through the PyTorch ops.
+PyTorch ops below in small chunks that stay in cache. On CUDA, through the PyTorch ops, or with
+``fused_cuda`` through the single Triton kernel of ``augment_cuda.py``.
 """
 
+import functools
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS, SALIENCY, SALIENCY_MASK
-from bridge_torch.data import augment_cpu
+from bridge_torch.data import augment_cpu, augment_cuda
 from bridge_torch.data.color import (
     adjust_brightness,
     adjust_contrast,
@@ -33,6 +36,8 @@ from bridge_torch.data.color import (
     adjust_saturation_hue,
 )
 from bridge_torch.data.saliency_targets import minmax_normalize
+
+log = logging.getLogger(__name__)
 
 AUGMENT_OPS = ("crop", "brightness", "contrast", "saturation", "hue")
 CPU_CHUNK_BYTES = 3 << 20  # float32 working set per chunk on CPU (fits in L2/L3 cache)
@@ -62,6 +67,9 @@ class AugmentConfig:
     # native kernel); the first batch compiles (~10-30 s). None = on for CUDA batches (1.7x
     # faster there), off on CPU
     compile: Optional[bool] = None
+    # CUDA batches through one Triton kernel (augment_cuda.py) instead of the PyTorch ops: one
+    # launch per batch. Off until measured on a GPU; PyTorch ops (one warning) without Triton
+    fused_cuda: bool = False
 
     def __post_init__(self) -> None:
         unknown = [op for op in self.order if op not in AUGMENT_OPS]
@@ -97,8 +105,9 @@ class Augmenter:
         """
         self.cfg, self.seed = cfg, seed
         self._plan = _plan(cfg.order)
-        self._op_codes = augment_cpu.op_codes([op for segment in self._plan for op in (
-            [segment] if segment == "crop" else segment)])
+        self._ops = [op for segment in self._plan for op in (
+            [segment] if segment == "crop" else segment)]
+        self._op_codes = augment_cpu.op_codes(self._ops)
         self._compiled: tuple[Callable, Callable] | None = None  # built when first needed
         self._generator = torch.Generator()
         self._generator.manual_seed(seed)
@@ -118,12 +127,9 @@ class Augmenter:
             images.append(batch[GOALS][IMAGE])
             different = self.cfg.augment_next_obs_goal_differently
             per_image.append(self._draw(batch_size, obs_images.device) if different else params)
-        kernel = None
-        if self.cfg.native_cpu and obs_images.device.type == "cpu":
-            kernel = augment_cpu.load_kernel()
-        if kernel is not None:  # image by image in C: no concatenated copy of the batch
-            augmented = [augment_cpu.augment(x, p, self._op_codes, kernel)
-                         for x, p in zip(images, per_image, strict=True)]
+        kernel = self._whole_augmentation_kernel(obs_images)
+        if kernel is not None:  # one kernel per image group: no concatenated copy of the batch
+            augmented = [kernel(x, p) for x, p in zip(images, per_image, strict=True)]
         else:  # one pass over all images of the batch (on CUDA: one set of kernel launches)
             colour, finish = self._pytorch_ops(obs_images.device)
             augmented = _augment(torch.cat(images), torch.cat(per_image), self._plan, colour,
@@ -137,6 +143,20 @@ class Augmenter:
             observations[SALIENCY], informative = minmax_normalize(maps)
             observations[SALIENCY_MASK] = observations[SALIENCY_MASK] & informative
         return out
+
+    def _whole_augmentation_kernel(self, images: torch.Tensor) -> Callable | None:
+        """``(images, params) -> augmented`` through one kernel for all ops - C on CPU
+        (``native_cpu``), Triton on CUDA (``fused_cuda``) - or None for the PyTorch ops."""
+        if images.device.type == "cpu" and self.cfg.native_cpu:
+            kernel = augment_cpu.load_kernel()
+            if kernel is not None:
+                return functools.partial(augment_cpu.augment, codes=self._op_codes,
+                                         kernel=kernel)
+        elif self.cfg.fused_cuda and augment_cuda.applies(images):
+            return functools.partial(augment_cuda.augment, ops=self._ops)
+        elif self.cfg.fused_cuda and images.is_cuda:
+            _warn_no_triton()
+        return None
 
     def compiles_on(self, device: torch.device) -> bool:
         """Whether batches on ``device`` that take the PyTorch path (CUDA, or CPU without the
@@ -189,6 +209,12 @@ class Augmenter:
         if device.type == "cuda":  # pinned + non_blocking: no host synchronisation
             return params.pin_memory().to(device, non_blocking=True)
         return params.to(device)
+
+
+@functools.cache
+def _warn_no_triton() -> None:
+    log.warning("augment.fused_cuda needs triton, which is not installed; augmenting CUDA "
+                "batches with PyTorch ops instead")
 
 
 def _lerp(bounds: list[float], u: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@
  * nearest uint8 (ties to even, as torch.round). With PyTorch ops each step is a pass over the
  * whole batch in memory; here every step is a pass over one image's three planes, which stay in
  * the CPU cache. Results equal the PyTorch path up to float rounding (at most one uint8 level).
- * Built and loaded at run time by bridge_torch/data/native.py.
+ * Built and loaded at run time by bridge_torch/data/augment_cpu.py.
  */
 #include <math.h>
 #include <stdint.h>
@@ -19,7 +19,7 @@
 #define MULTIVERSION
 #endif
 
-/* Op codes (augment.py NATIVE_OPS) and parameter columns (augment.py TOP ... HUE). */
+/* Op codes (augment_cpu.py OP_CODES) and parameter columns (augment.py TOP ... HUE). */
 enum { OP_CROP, OP_BRIGHTNESS, OP_CONTRAST, OP_SATURATION, OP_HUE, OP_SATURATION_HUE };
 enum { TOP, LEFT, HEIGHT, WIDTH, BRIGHTNESS, CONTRAST, SATURATION, HUE, NUM_PARAMS };
 

@@ -38,7 +38,6 @@ OP_CODES = {"crop": 0, "brightness": 1, "contrast": 2, "saturation": 3, "hue": 4
 PARAMS_PER_IMAGE = 8  # augment.py's parameter columns TOP ... HUE (augment_cpu.c, NUM_PARAMS)
 
 
-
 @functools.cache
 def load_kernel() -> ctypes.CDLL | None:
     """The compiled kernel, built once per source version; None if it cannot be built."""
@@ -70,16 +69,21 @@ def op_codes(ops: list[str]) -> torch.Tensor:
     return torch.tensor([OP_CODES[op] for op in ops], dtype=torch.int32)
 
 
-def augment(images: torch.Tensor, params: torch.Tensor, codes: torch.Tensor,
-            kernel: ctypes.CDLL) -> torch.Tensor:
-    """Apply the ops ``codes`` (from ``op_codes``) to uint8 images (n, H, W, 3) on the CPU with
-    per-image ``params`` (n, NUM_PARAMS); returns new uint8 images (n, H, W, 3)."""
+def check_batch(images: torch.Tensor, params: torch.Tensor) -> None:
+    """Refuse what a whole-augmentation kernel (C or Triton) cannot take, before it runs."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected uint8 (n, H, W, 3) images, got {images.dtype} "
                          f"{tuple(images.shape)}")
     if params.shape != (images.shape[0], PARAMS_PER_IMAGE):
         raise ValueError(f"expected ({images.shape[0]}, {PARAMS_PER_IMAGE}) parameters, got "
                          f"{tuple(params.shape)}")
+
+
+def augment(images: torch.Tensor, params: torch.Tensor, codes: torch.Tensor,
+            kernel: ctypes.CDLL) -> torch.Tensor:
+    """Apply the ops ``codes`` (from ``op_codes``) to uint8 images (n, H, W, 3) on the CPU with
+    per-image ``params`` (n, NUM_PARAMS); returns new uint8 images (n, H, W, 3)."""
+    check_batch(images, params)
     images = images.contiguous()
     params = params.to(torch.float32).contiguous()
     n, height, width, _ = images.shape

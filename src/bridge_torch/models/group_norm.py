@@ -14,7 +14,6 @@ Everywhere else (CPU, NCHW-contiguous input, relu/gelu, ``fused=False``) it comp
 ``nn.GroupNorm``, so checkpoints are the same either way.
 """
 
-import os
 from collections.abc import Callable
 from typing import Optional
 
@@ -22,13 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # CPU-only installs: the PyTorch path is used
-    triton = None
+from bridge_torch.triton_support import kernels_run_on, tl, triton
 
-TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # kernels on CPU tensors, for tests
 TILE_ELEMENTS = 4096  # elements of one (pixels x channels) tile a kernel loads at a time
 
 
@@ -60,7 +54,7 @@ class GroupNormAct(nn.Module):
 def fused_kernels_apply(x: torch.Tensor) -> bool:
     """The Triton kernels handle 4-d channels-last tensors on CUDA (or anywhere when
     interpreted)."""
-    return (triton is not None and (x.is_cuda or TRITON_INTERPRET) and x.ndim == 4
+    return (kernels_run_on(x) and x.ndim == 4
             and x.is_contiguous(memory_format=torch.channels_last))
 
 
