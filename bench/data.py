@@ -6,7 +6,9 @@ Run:  python bench/data.py [--device cpu cuda] [--batch-size 256] [--image-size 
 
 Builds a synthetic packed store (random frames) in a temporary directory, then measures
 samples/s of (a) ``TransitionSampler.sample`` (index arithmetic + gather of the observation
-window, goal and action chunk) and (b) sample + ``Augmenter`` (observation frames and goal)
+window, goal and action chunk; on CUDA also with the frames left in the memory maps,
+``frame_storage=host``, alone and behind a simulated 10 ms GPU step, which shows whether the
+host's gather overlaps the GPU's work) and (b) sample + ``Augmenter`` (observation frames and goal)
 with PyTorch ops, eager and compiled (``augment.compile``), on CPU with the C kernel
 (``augment.native_cpu``, the CPU default) and on CUDA with the Triton kernel
 (``augment.fused_cuda``), for each observation horizon and device (CUDA when present): the
@@ -19,10 +21,12 @@ reports its own peak RSS. Prints a table; the last line is the results as one JS
 """
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +43,7 @@ from common import emit, peak_rss_mib, run_child, synchronize, synthetic_traject
 
 WINDOWS = 5  # measurement windows per configuration; the median is reported
 WARMUP_BATCHES = 3
+STEP_MS = 10  # simulated training step for the overlap check on CUDA
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,6 +81,17 @@ def throughput(step, batch_size: int, seconds: float, device: torch.device) -> f
     return statistics.median(rates)
 
 
+def gpu_busy(ms: float) -> Callable[[], None]:
+    """A function that queues about ``ms`` milliseconds of GPU work (a spin kernel)."""
+    cycles = 10_000_000
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    torch.cuda._sleep(cycles)
+    torch.cuda.synchronize()
+    per_ms = cycles / ((time.perf_counter() - start) * 1000)
+    return lambda: torch.cuda._sleep(int(per_ms * ms))
+
+
 def measure_sampling(store_path: Path, args: argparse.Namespace) -> list[dict]:
     store = open_store(store_path)
     stats = {"actions": store.stats["actions_relabeled"], "proprio": store.stats["proprio"]}
@@ -95,6 +111,17 @@ def measure_sampling(store_path: Path, args: argparse.Namespace) -> list[dict]:
             elif augment_cuda.applies(torch.empty(0, device=device)):
                 augmenters["+ augment, Triton kernel"] = AugmentConfig(fused_cuda=True)
             steps = {"sample+gather": lambda s=sampler: s.sample(args.batch_size)}
+            if device.type == "cuda":  # frames gathered from the memory maps, batch copied over
+                host_cfg = dataclasses.replace(cfg, frame_storage="host")
+                host = TransitionSampler(TrainingData.from_stores([[store]], stats, host_cfg,
+                                                                  device), host_cfg, seed=0)
+                steps["sample+gather, frames on host"] = lambda s=host: s.sample(args.batch_size)
+                # a 10 ms GPU step queued before each batch: ~10 ms per batch when the host's
+                # gather overlaps it, 10 ms + the gather when the host waits for the GPU
+                busy = gpu_busy(STEP_MS)
+                steps[f"{STEP_MS} ms GPU step alone"] = busy
+                steps[f"{STEP_MS} ms step + host frames"] = \
+                    lambda s=host, b=busy: (b(), s.sample(args.batch_size))
             for label, augment_cfg in augmenters.items():
                 augmenter = Augmenter(augment_cfg, seed=0)
                 steps[label] = lambda s=sampler, a=augmenter: a(s.sample(args.batch_size))
@@ -103,7 +130,7 @@ def measure_sampling(store_path: Path, args: argparse.Namespace) -> list[dict]:
                 results.append({"device": str(device), "obs_horizon": horizon, "what": what,
                                 "samples_per_s": round(rate, 1),
                                 "ms_per_batch": round(1000 * args.batch_size / rate, 3)})
-                print(f"{device!s:6s} K={horizon}  {what:28s} {rate:10.0f} samples/s  "
+                print(f"{device!s:6s} K={horizon}  {what:32s} {rate:10.0f} samples/s  "
                       f"{1000 * args.batch_size / rate:8.2f} ms/batch", flush=True)
     return results
 

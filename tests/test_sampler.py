@@ -18,6 +18,7 @@ from bridge_torch.batch import (
     SALIENCY,
     SALIENCY_MASK,
 )
+from bridge_torch.data import training_data
 from bridge_torch.data.sampler import (
     SamplerConfig,
     TrainingData,
@@ -25,6 +26,7 @@ from bridge_torch.data.sampler import (
     iterate_validation,
 )
 from bridge_torch.data.store import Trajectory, open_store, write_store
+from bridge_torch.data.training_data import DEVICE_MEMORY_FRACTION
 
 SIZE = 4  # frame side in pixels: tiny, the pixel values carry the information
 
@@ -345,11 +347,36 @@ def test_host_storage_matches_device_storage(tmp_path):
     for storage in ("device", "host"):
         cfg = raw_config(obs_horizon=2, load_saliency=True, frame_storage=storage)
         data = build_data(stores, cfg)
-        assert data.frames.on_device == (storage == "device")
+        assert data.frames.on_device == data.saliency.on_device == (storage == "device")
         results.append(TransitionSampler(data, cfg, seed=0).sample(128))
     for key in (IMAGE, SALIENCY, SALIENCY_MASK):
         assert torch.equal(results[0][OBSERVATIONS][key], results[1][OBSERVATIONS][key])
     assert torch.equal(results[0][GOALS][IMAGE], results[1][GOALS][IMAGE])
+
+
+def test_auto_storage_places_frames_and_saliency_together(tmp_path, monkeypatch):
+    maps = {0: np.ones((6, SIZE, SIZE), np.float32)}
+    stores = [[build_store(tmp_path / "a", [5], saliency=maps)],
+              [build_store(tmp_path / "b", [6], first_id=5)]]
+    cfg = raw_config(load_saliency=True, frame_storage="auto")
+    frames_bytes = 13 * SIZE * SIZE * 3
+    # room for the frames alone but not for frames + saliency: both stay in the memory maps
+    monkeypatch.setattr(training_data, "_free_memory_bytes",
+                        lambda device: int(frames_bytes * 1.5 / DEVICE_MEMORY_FRACTION))
+    data = build_data(stores, cfg)
+    assert not data.frames.on_device and not data.saliency.on_device
+    monkeypatch.setattr(training_data, "_free_memory_bytes",
+                        lambda device: int(frames_bytes * 2 / DEVICE_MEMORY_FRACTION))
+    data = build_data(stores, cfg)
+    assert data.frames.on_device and data.saliency.on_device
+
+
+def test_a_state_of_another_generator_kind_is_refused(store):
+    cfg = raw_config()
+    sampler = TransitionSampler(build_data([[store]], cfg), cfg, seed=0)
+    cuda_like = {"generator": torch.zeros(16, dtype=torch.uint8), "seed": 0}
+    with pytest.raises(ValueError, match="CPU generator state"):
+        sampler.load_state_dict(cuda_like)
 
 
 def test_without_goals(store):
@@ -393,7 +420,15 @@ def test_cuda_sampling_matches_layout(store):
     assert batch[OBSERVATIONS][IMAGE].shape == (32, 2, SIZE, SIZE, 3)
     t = frame_of(batch[OBSERVATIONS][IMAGE][:, -1])
     assert torch.all(frame_of(batch[GOALS][IMAGE]) > t)
+    # frames in the memory maps: sampled on the CPU, the batch delivered on the GPU
     host = build_data([[store]], raw_config(obs_horizon=2, act_pred_horizon=2,
                                             frame_storage="host"), device="cuda")
+    assert host.device.type == "cpu" and host.batch_device.type == "cuda"
     again = TransitionSampler(host, cfg, seed=0).sample(32)
-    assert torch.equal(batch[OBSERVATIONS][IMAGE], again[OBSERVATIONS][IMAGE])
+    on_cpu = TransitionSampler(build_data([[store]], cfg), cfg, seed=0).sample(32)
+    for other in (again, on_cpu):  # one CPU random stream: the same batch everywhere
+        for key in (OBSERVATIONS, GOALS):
+            for name, value in batch[key].items():
+                assert torch.equal(value.cpu(), other[key][name].cpu()), (key, name)
+        assert torch.allclose(batch[ACTIONS].cpu(), other[ACTIONS].cpu())
+    assert all(value.device.type == "cuda" for value in again[OBSERVATIONS].values())

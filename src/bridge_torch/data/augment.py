@@ -36,6 +36,7 @@ from bridge_torch.data.color import (
     adjust_saturation_hue,
 )
 from bridge_torch.data.saliency_targets import minmax_normalize
+from bridge_torch.data.transfer import to_device
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +207,7 @@ class Augmenter:
             _lerp(cfg.saturation, u[:, 6]),
             _lerp([-cfg.hue, cfg.hue], u[:, 7]),
         ], dim=1).to(torch.float32)
-        if device.type == "cuda":  # pinned + non_blocking: no host synchronisation
-            return params.pin_memory().to(device, non_blocking=True)
-        return params.to(device)
+        return to_device(params, device)
 
 
 @functools.cache

@@ -3,8 +3,8 @@
 Every strategy works on trajectory-local indices: transition ``t`` of a trajectory with ``L``
 transitions has frames ``0..L`` (frame ``t+1`` is ``next_observations[t]``). The functions here
 return the *goal frame* of each transition, so the caller only adds the trajectory's first frame.
-All draws come from the caller's ``torch.Generator`` on the data's device: one call, no per-sample
-Python, no host synchronisation.
+All draws come from the caller's CPU ``torch.Generator`` (copied to the data's device without a
+host sync): one call, no per-sample Python.
 
 Strategies (JAX ``tf_goal_relabeling.py``; ``reached`` = with probability ``reached_proportion``,
 and always for the last transition ``t = L-1``; goal = ``next_observations[g]`` = frame ``g+1``):
@@ -24,6 +24,8 @@ and always for the last transition ``t = L-1``; goal = ``next_observations[g]`` 
 import math
 
 import torch
+
+from bridge_torch.data.transfer import to_device
 
 GOAL_STRATEGIES = ("uniform", "last_state_upweighted", "geometric", "delta_goals")
 
@@ -60,7 +62,7 @@ def sample_goal_frames(
         int64 (B,) goal frame within the trajectory, in ``[0, L]``.
     """
     # Two uniforms per sample for every strategy, so the generator advances identically.
-    u = torch.rand((2, t.shape[0]), dtype=torch.float64, device=t.device, generator=generator)
+    u = to_device(torch.rand((2, t.shape[0]), dtype=torch.float64, generator=generator), t.device)
     if strategy == "delta_goals":
         return _delta_goal_frames(t, length, u[0], goal_delta)
     future = _FUTURE_INDEX[strategy](t, length, u[0], discount)

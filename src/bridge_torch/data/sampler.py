@@ -9,6 +9,10 @@ the first frame before the trajectory start and the action chunk ``t..t+T_act-1`
 action (§6.4); every transition is a valid sample. ``iterate_validation`` visits every transition
 of a split exactly once, in order, with seeded goals.
 
+Random numbers come from a CPU ``torch.Generator`` whatever the device (a few floats per sample,
+copied asynchronously), so a seed gives the same batches on CPU and CUDA, with frames on the
+device or gathered from memory maps, and a run resumes exactly wherever its frames live.
+
 DDP: each rank builds its own sampler with ``seed + rank`` and draws its share of the global
 batch; the streams are independent, so no index is communicated between ranks.
 """
@@ -34,6 +38,7 @@ from bridge_torch.data.actions import NORMALIZATION_TYPES
 from bridge_torch.data.goals import GOAL_STRATEGIES, sample_goal_frames, sampled_lengths
 from bridge_torch.data.saliency_targets import aggregate_window, minmax_normalize
 from bridge_torch.data.training_data import TrainingData
+from bridge_torch.data.transfer import to_device
 
 __all__ = ["SamplerConfig", "TrainingData", "TransitionSampler", "iterate_validation"]
 FRAME_STORAGE = ("auto", "device", "host")
@@ -133,16 +138,16 @@ class TransitionSampler:
         cumulative = torch.cumsum(torch.tensor(weights, dtype=torch.float64), 0)
         cumulative[-1] = 1.0  # rounding must not leave a gap that no sub-dataset covers
         self._cumulative_weights = cumulative.to(data.device)
-        self._generator = torch.Generator(device=data.device)
+        self._generator = torch.Generator()
         self._generator.manual_seed(seed)
 
     def sample(self, batch_size: int) -> dict[str, Any]:
-        """One batch (``bridge_torch.batch`` layout) on the data's device, without host sync
-        unless frames are gathered from memory maps."""
+        """One batch (``bridge_torch.batch`` layout) on the data's ``batch_device``, without a
+        host sync."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        u = torch.rand((2, batch_size), dtype=torch.float64, device=self.data.device,
-                       generator=self._generator)
+        u = to_device(torch.rand((2, batch_size), dtype=torch.float64, generator=self._generator),
+                      self.data.device)
         sub = torch.searchsorted(self._cumulative_weights, u[0], right=True)
         sub = sub.clamp_(max=self._cumulative_weights.shape[0] - 1)
         count = self._index.sub_count[sub]
@@ -155,11 +160,17 @@ class TransitionSampler:
         return {"generator": self._generator.get_state(), "seed": self.seed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume the stream exactly where ``state_dict`` was taken (same device type)."""
+        """Resume the stream exactly where ``state_dict`` was taken."""
         if state.get("seed") != self.seed:
             log.warning("sampler state was saved with seed %s, this sampler has seed %s; "
                         "continuing the saved stream", state.get("seed"), self.seed)
-        self._generator.set_state(torch.as_tensor(state["generator"], dtype=torch.uint8).cpu())
+        generator = torch.as_tensor(state["generator"], dtype=torch.uint8).cpu()
+        if generator.numel() != self._generator.get_state().numel():
+            raise ValueError(f"sampler state: expected a CPU generator state of "
+                             f"{self._generator.get_state().numel()} bytes, got "
+                             f"{generator.numel()} (a CUDA generator's, saved by a version "
+                             f"that sampled on the GPU?)")
+        self._generator.set_state(generator)
 
 
 def iterate_validation(data: TrainingData, cfg: SamplerConfig, batch_size: int, *, seed: int,
@@ -183,7 +194,7 @@ def iterate_validation(data: TrainingData, cfg: SamplerConfig, batch_size: int, 
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size), got rank={rank} of {world_size}")
     index = _TransitionIndex(data, cfg)
-    generator = torch.Generator(device=data.device)
+    generator = torch.Generator()
     for number, start in enumerate(range(0, index.num_transitions, batch_size)):
         if max_batches is not None and number >= max_batches:
             return
@@ -214,7 +225,8 @@ def _check_weights(sample_weights: list[float] | None, num_sub_datasets: int) ->
 
 def _assemble_batch(data: TrainingData, cfg: SamplerConfig, traj: torch.Tensor, t: torch.Tensor,
                     generator: torch.Generator) -> dict[str, Any]:
-    """Gather the batch of transitions ``(traj, t)``; goals are drawn from ``generator``."""
+    """Gather the batch of transitions ``(traj, t)`` (on ``data.device``) and deliver it on
+    ``data.batch_device``; goals are drawn from the CPU ``generator``."""
     window = cfg.obs_horizon
     length, first_frame = data.traj_length[traj], data.traj_frame_start[traj]
     offsets = torch.arange(1 - window, 1, device=t.device)  # (K,) oldest first
@@ -222,19 +234,24 @@ def _assemble_batch(data: TrainingData, cfg: SamplerConfig, traj: torch.Tensor, 
     chunk = torch.arange(cfg.act_pred_horizon, device=t.device)
     action_rows = data.traj_action_start[traj][:, None] + torch.minimum(
         t[:, None] + chunk, (length - 1)[:, None])  # (B, T_act)
-    observations: dict[str, torch.Tensor] = {PROPRIO: data.proprio[obs_frames]}
-    batch: dict[str, Any] = {OBSERVATIONS: observations, ACTIONS: data.actions[action_rows]}
+    def deliver(x: torch.Tensor) -> torch.Tensor:
+        return to_device(x, data.batch_device)
+
+    observations: dict[str, torch.Tensor] = {PROPRIO: deliver(data.proprio[obs_frames])}
+    batch: dict[str, Any] = {OBSERVATIONS: observations,
+                             ACTIONS: deliver(data.actions[action_rows])}
     if cfg.load_goals:
         goal_frames = first_frame + sample_goal_frames(
             t, length, strategy=cfg.goal_relabeling_strategy,
             reached_proportion=cfg.reached_proportion, discount=cfg.discount,
             goal_delta=list(cfg.goal_delta), generator=generator)
-        batch[GOALS] = {IMAGE: data.gather_frames(goal_frames),
-                        PROPRIO: data.proprio[goal_frames]}
-    observations[IMAGE] = data.gather_frames(obs_frames)
+        batch[GOALS] = {IMAGE: deliver(data.gather_frames(goal_frames)),
+                        PROPRIO: deliver(data.proprio[goal_frames])}
+    observations[IMAGE] = deliver(data.gather_frames(obs_frames))
     if cfg.load_saliency:
-        maps = data.gather_saliency(obs_frames).float()  # (B, K, H, W)
-        target, informative = minmax_normalize(aggregate_window(maps, t, cfg.saliency_alpha))
+        maps = deliver(data.gather_saliency(obs_frames)).float()  # (B, K, H, W)
+        target, informative = minmax_normalize(
+            aggregate_window(maps, deliver(t), cfg.saliency_alpha))
         observations[SALIENCY] = target
-        observations[SALIENCY_MASK] = data.traj_has_saliency[traj] & informative
+        observations[SALIENCY_MASK] = deliver(data.traj_has_saliency[traj]) & informative
     return batch

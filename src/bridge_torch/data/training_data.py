@@ -1,16 +1,18 @@
 """All transitions of a split as flat tensors with global index arrays (design §3).
 
 ``TrainingData.from_stores`` concatenates the packed stores of every sub-dataset once: proprio and
-actions are normalised at build time and live on the training device; trajectory index arrays
+actions are normalised at build time and live on the sampling device; trajectory index arrays
 (first frame, first action, length, sub-dataset) are global int64 tensors there too, so sampling
 is pure index arithmetic. Frames (and saliency maps) are the only large arrays; where they go:
 
-* ``frame_storage="device"``: one tensor on the device (on CPU a single store is used in place,
-  as a zero-copy view of its memory map, whatever its size);
-* ``"host"``: left in the stores' memory maps and gathered per batch on the CPU (into pinned memory
-  and copied asynchronously when the device is CUDA) - for datasets larger than device memory;
-* ``"auto"``: ``device`` when the arrays take less than half of the free device memory (RAM for
-  CPU), else ``host``.
+* ``frame_storage="device"``: one tensor on the training device, where sampling runs too (on CPU
+  a single store is used in place, as a zero-copy view of its memory map, whatever its size);
+* ``"host"``: left in the stores' memory maps and gathered per batch on the CPU - for datasets
+  larger than device memory. Sampling then runs on the CPU as well, and a CUDA run receives the
+  finished batch from pinned memory without a host sync, so gathering the next batch overlaps
+  the GPU's work on the current one;
+* ``"auto"``: ``device`` when what must be copied there (frames and saliency maps together)
+  takes less than half of its free memory (RAM for CPU), else ``host``.
 """
 
 import logging
@@ -44,11 +46,11 @@ class FrameSource:
     """A per-frame array of all stores, ``(N, *row_shape)``, gathered by global frame index."""
 
     def __init__(self, parts: list[np.ndarray | None], counts: list[int],
-                 row_shape: tuple[int, ...], dtype: np.dtype, device: torch.device,
-                 placement: str) -> None:
+                 row_shape: tuple[int, ...], dtype: np.dtype) -> None:
         """``parts`` are the stores' arrays in order, ``counts`` their rows; a ``None`` part
-        stands for ``count`` all-zero rows (a store without saliency maps)."""
-        self.row_shape, self.device = row_shape, device
+        stands for ``count`` all-zero rows (a store without saliency maps). Rows are gathered
+        from the memory maps until ``place`` puts them on a device."""
+        self.row_shape = row_shape
         self.dtype = torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
         self._parts = parts
         self._ends = np.cumsum(np.asarray(counts, dtype=np.int64))
@@ -56,31 +58,38 @@ class FrameSource:
         self.num_rows = int(self._ends[-1])
         self._row_bytes = int(np.prod(row_shape)) * np.dtype(dtype).itemsize
         self.nbytes = self.num_rows * self._row_bytes
-        if placement == "auto":
-            fits = self._zero_copy() or \
-                self.nbytes < DEVICE_MEMORY_FRACTION * _free_memory_bytes(device)
-            placement = "device" if fits else "host"
-        self.on_device = placement == "device"
-        self._tensor = self._to_device() if self.on_device else None
+        self._tensor: torch.Tensor | None = None
+        self._pin = False
 
-    def _zero_copy(self) -> bool:
-        """One store on CPU: use its memory map in place (costs no RAM beyond the page cache)."""
-        return self.device.type == "cpu" and len(self._parts) == 1 and self._parts[0] is not None
+    @property
+    def on_device(self) -> bool:
+        return self._tensor is not None
+
+    def place(self, device: torch.device | None, *, pin: bool = False) -> None:
+        """Hold all rows on ``device`` as one tensor, or (None) gather each batch from the
+        memory maps on the host, into pinned memory if ``pin`` (for copies to CUDA)."""
+        self._tensor = self._to_device(device) if device is not None else None
+        self._pin = pin
+
+    def zero_copy_on(self, device: torch.device) -> bool:
+        """One store on CPU: its memory map is used in place (no RAM beyond the page cache)."""
+        return device.type == "cpu" and len(self._parts) == 1 and self._parts[0] is not None
 
     def gather(self, index: torch.Tensor) -> torch.Tensor:
-        """Rows at ``index`` (any shape, on the device) -> ``(*index.shape, *row_shape)``."""
+        """Rows at ``index`` (any shape; on ``device``, or the CPU for memory-map gathers)
+        -> ``(*index.shape, *row_shape)`` on the same device as ``index``."""
         if self._tensor is not None:
             rows = self._tensor.index_select(0, index.reshape(-1))
         else:
-            rows = self._gather_host(index.reshape(-1))
+            rows = self._gather_host(index.reshape(-1).numpy())
         return rows.view(*index.shape, *self.row_shape)
 
-    def _to_device(self) -> torch.Tensor:
-        if self._zero_copy():
+    def _to_device(self, device: torch.device) -> torch.Tensor:
+        if self.zero_copy_on(device):
             return read_only_tensor(self._parts[0])
-        out = torch.empty((self.num_rows, *self.row_shape), dtype=self.dtype, device=self.device)
+        out = torch.empty((self.num_rows, *self.row_shape), dtype=self.dtype, device=device)
         rows_per_copy = max(1, COPY_CHUNK_BYTES // self._row_bytes)
-        with tqdm(total=self.nbytes >> 20, unit="MiB", desc=f"frames -> {self.device}",
+        with tqdm(total=self.nbytes >> 20, unit="MiB", desc=f"frames -> {device}",
                   disable=self.nbytes < COPY_CHUNK_BYTES) as progress:
             for part, start, end in zip(self._parts, self._starts, self._ends, strict=True):
                 if part is None:
@@ -92,11 +101,9 @@ class FrameSource:
                     progress.update(piece.numel() * piece.element_size() >> 20)
         return out
 
-    def _gather_host(self, index: torch.Tensor) -> torch.Tensor:
+    def _gather_host(self, wanted: np.ndarray) -> torch.Tensor:
         """Gather from the memory maps, one fancy-index per store present in the batch."""
-        wanted = index.cpu().numpy()  # host sync: the memory maps can only be read by the CPU
-        pin = self.device.type == "cuda"
-        out = torch.empty((wanted.size, *self.row_shape), dtype=self.dtype, pin_memory=pin)
+        out = torch.empty((wanted.size, *self.row_shape), dtype=self.dtype, pin_memory=self._pin)
         out_np = out.numpy()
         part_of = np.searchsorted(self._ends, wanted, side="right")
         for part_id in np.unique(part_of):
@@ -106,7 +113,7 @@ class FrameSource:
                 out_np[rows] = 0
             else:
                 out_np[rows] = part[wanted[rows] - self._starts[part_id]]
-        return out.to(self.device, non_blocking=pin)
+        return out
 
 
 def _free_memory_bytes(device: torch.device) -> int:
@@ -124,7 +131,10 @@ def _free_memory_bytes(device: torch.device) -> int:
 
 
 class TrainingData:
-    """The arrays of one split, ready for index-only sampling on ``device``.
+    """The arrays of one split, ready for index-only sampling on ``device``; batches are
+    delivered on ``batch_device`` (the training device). The two differ when frames are
+    gathered from the memory maps for a CUDA run: sampling then runs on the CPU, next to the
+    memory maps, and the finished batch is copied to the GPU without waiting for it.
 
     Attributes (all on ``device``):
         proprio: float32 (N, P) normalised proprio of every frame.
@@ -137,8 +147,10 @@ class TrainingData:
 
     def __init__(self, *, frames: FrameSource, saliency: FrameSource | None,
                  arrays: dict[str, torch.Tensor], sub_dataset_traj_start: list[int],
-                 image_size: tuple[int, int], device: torch.device) -> None:
-        self.frames, self.saliency, self.device = frames, saliency, device
+                 image_size: tuple[int, int], device: torch.device,
+                 batch_device: torch.device) -> None:
+        self.frames, self.saliency = frames, saliency
+        self.device, self.batch_device = device, batch_device
         self.image_size = image_size
         self.proprio, self.actions = arrays["proprio"], arrays["actions"]
         self.traj_frame_start = arrays["traj_frame_start"]
@@ -201,14 +213,20 @@ class TrainingData:
         height, width = stores[0].image_size
         counts = [s.proprio.shape[0] for s in stores]
         frames = FrameSource([s.frames(cfg.camera) for s in stores], counts, (height, width, 3),
-                             np.dtype(np.uint8), device, cfg.frame_storage)
+                             np.dtype(np.uint8))
+        sources = [frames]
         saliency = None
         if cfg.load_saliency:
             if all(s.saliency is None for s in stores):
                 log.warning("load_saliency=True but no store has saliency maps: every "
                             "saliency_mask will be False")
             saliency = FrameSource([s.saliency for s in stores], counts, (height, width),
-                                   np.dtype(np.float16), device, cfg.frame_storage)
+                                   np.dtype(np.float16))
+            sources.append(saliency)
+        on_device = _frames_on_device(cfg.frame_storage, sources, device)
+        for source in sources:
+            source.place(device if on_device else None, pin=device.type == "cuda")
+        sampling_device = device if on_device else torch.device("cpu")
         log.info("training data: %d stores, %d transitions, frames %s (%.1f MiB)", len(stores),
                  sum(s.num_transitions for s in stores),
                  "on " + str(device) if frames.on_device else "gathered from memory maps",
@@ -221,9 +239,20 @@ class TrainingData:
         action_arrays = [s.actions_relabeled if cfg.relabel_actions else s.actions for s in stores]
         arrays["actions"] = normalize(_concat(action_arrays), stats.get("actions"),
                                       cfg.normalization_type)
-        arrays = {name: value.to(device) for name, value in arrays.items()}
+        arrays = {name: value.to(sampling_device) for name, value in arrays.items()}
         return cls(frames=frames, saliency=saliency, arrays=arrays,
-                   sub_dataset_traj_start=traj_start, image_size=(height, width), device=device)
+                   sub_dataset_traj_start=traj_start, image_size=(height, width),
+                   device=sampling_device, batch_device=device)
+
+
+def _frames_on_device(storage: str, sources: list[FrameSource], device: torch.device) -> bool:
+    """Where frames and saliency maps live (both in the same place, so one device samples):
+    ``frame_storage`` "device" / "host", or for "auto" the device when what must be copied
+    there takes less than DEVICE_MEMORY_FRACTION of its free memory (RAM for CPU)."""
+    if storage != "auto":
+        return storage == "device"
+    to_copy = sum(s.nbytes for s in sources if not s.zero_copy_on(device))
+    return to_copy == 0 or to_copy < DEVICE_MEMORY_FRACTION * _free_memory_bytes(device)
 
 
 def _concat(arrays: list[np.ndarray]) -> torch.Tensor:
