@@ -142,6 +142,14 @@ if triton is not None:
         return r, g, b
 
     @triton.jit
+    def _source_pixels(src, pixel, inside, PRE: tl.constexpr, brightness, contrast, saturation,
+                       hue6, mean_r, mean_g, mean_b):
+        """Source pixels at indices ``pixel`` after the colour run ``PRE`` before the crop."""
+        r, g, b = _load_pixels(src, pixel, inside)
+        return _colour_run(r, g, b, PRE, brightness, contrast, saturation, hue6, mean_r, mean_g,
+                           mean_b)
+
+    @triton.jit
     def _neighbour(index, start, extent, size):
         """Lower source neighbour and its weight for output ``index`` of ``size`` pixels, for a
         box [start, start + extent] in image fractions whose corners are pixel centres."""
@@ -161,18 +169,14 @@ if triton is not None:
         x0, fx = _neighbour(pixel % width, left, box_width, width)
         y1 = tl.minimum(y0 + 1, height - 1)
         x1 = tl.minimum(x0 + 1, width - 1)
-        r00, g00, b00 = _load_pixels(src, y0 * width + x0, inside)
-        r00, g00, b00 = _colour_run(r00, g00, b00, PRE, brightness, contrast, saturation, hue6,
-                                    mean_r, mean_g, mean_b)
-        r01, g01, b01 = _load_pixels(src, y0 * width + x1, inside)
-        r01, g01, b01 = _colour_run(r01, g01, b01, PRE, brightness, contrast, saturation, hue6,
-                                    mean_r, mean_g, mean_b)
-        r10, g10, b10 = _load_pixels(src, y1 * width + x0, inside)
-        r10, g10, b10 = _colour_run(r10, g10, b10, PRE, brightness, contrast, saturation, hue6,
-                                    mean_r, mean_g, mean_b)
-        r11, g11, b11 = _load_pixels(src, y1 * width + x1, inside)
-        r11, g11, b11 = _colour_run(r11, g11, b11, PRE, brightness, contrast, saturation, hue6,
-                                    mean_r, mean_g, mean_b)
+        r00, g00, b00 = _source_pixels(src, y0 * width + x0, inside, PRE, brightness, contrast,
+                                       saturation, hue6, mean_r, mean_g, mean_b)
+        r01, g01, b01 = _source_pixels(src, y0 * width + x1, inside, PRE, brightness, contrast,
+                                       saturation, hue6, mean_r, mean_g, mean_b)
+        r10, g10, b10 = _source_pixels(src, y1 * width + x0, inside, PRE, brightness, contrast,
+                                       saturation, hue6, mean_r, mean_g, mean_b)
+        r11, g11, b11 = _source_pixels(src, y1 * width + x1, inside, PRE, brightness, contrast,
+                                       saturation, hue6, mean_r, mean_g, mean_b)
         r0, g0, b0 = r00 + fy * (r10 - r00), g00 + fy * (g10 - g00), b00 + fy * (b10 - b00)
         r1, g1, b1 = r01 + fy * (r11 - r01), g01 + fy * (g11 - g01), b01 + fy * (b11 - b01)
         return r0 + fx * (r1 - r0), g0 + fx * (g1 - g0), b0 + fx * (b1 - b0)
