@@ -12,6 +12,9 @@ from bridge_torch.config import compose_config, to_container
 from bridge_torch.training_state import write_run_files
 from bridge_torch.triton_support import TRITON_INTERPRET, triton
 
+# Triton's real compiler runs without a GPU (it ships LLVM and ptxas); the interpreter replaces it
+NEEDS_TRITON_COMPILER = pytest.mark.skipif(triton is None or TRITON_INTERPRET,
+                                           reason="needs triton, not interpreted")
 NEEDS_CUDA_AND_TRITON = pytest.mark.skipif(not torch.cuda.is_available() or triton is None,
                                            reason="needs CUDA + triton")
 # Devices for tests of the Triton kernels: CUDA, and the CPU when the suite runs with
@@ -54,3 +57,19 @@ def make_run(root: Path, algo: str, action_dim: int = 7, ema: bool = False) -> P
         "model": agent.state_dict(), "ema": ema_state if ema else None,
     })
     return run_dir
+
+
+def compile_for_hopper(kernel, signature: dict[str, str], constants: dict,
+                       num_warps: int = 4) -> str:
+    """Compile a ``triton.jit`` kernel down to a cubin for sm_90 (H100/H200) on any machine and
+    return its PTX: catches what Triton's interpreter lets through (types, branches on run-time
+    values, the real backend's scalar and vector rules)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    source = ASTSource(kernel, {**signature, **dict.fromkeys(constants, "constexpr")},
+                       constexprs=constants)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": num_warps})
+    assert compiled.asm["cubin"]
+    return compiled.asm["ptx"]

@@ -11,7 +11,7 @@ from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS, SALIENCY, SALIENCY_MA
 from bridge_torch.data import augment_cuda
 from bridge_torch.data.augment import NUM_PARAMS, AugmentConfig, Augmenter
 from bridge_torch.data.augment_cpu import OP_CODES
-from helpers import TRITON_DEVICES
+from helpers import NEEDS_TRITON_COMPILER, TRITON_DEVICES, compile_for_hopper
 from test_augment_cpu import ORDERS, STRONG, batch
 
 
@@ -71,6 +71,18 @@ def test_flat_and_single_pixel_images(device: str) -> None:
     assert (out == 126).all()  # grey stays grey; contrast leaves a constant image alone
     dot = torch.tensor([[[[10, 200, 30]]]] * 2, dtype=torch.uint8, device=device)
     assert torch.equal(augment_cuda.augment(dot, params, ["crop"]), dot)
+
+
+@NEEDS_TRITON_COMPILER
+@pytest.mark.parametrize("order", ORDERS, ids=lambda order: "-".join(order) or "none")
+def test_kernel_compiles_for_a_hopper_gpu_without_one(order: list[str]) -> None:
+    ops = Augmenter(AugmentConfig(order=order), seed=0)._ops
+    signature = {"images": "*u8", "out": "*u8", "params": "*fp32", "height": "i32",
+                 "width": "i32"}
+    constants = {**augment_cuda.kernel_constants(ops), "BLOCK": augment_cuda.BLOCK_PIXELS}
+    ptx = compile_for_hopper(augment_cuda._augment_kernel, signature, constants,
+                             augment_cuda.NUM_WARPS)
+    assert ".entry _augment_kernel" in ptx
 
 
 def test_kernel_constants_describe_the_order() -> None:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from bridge_torch.models import group_norm
 from bridge_torch.models.group_norm import GroupNormAct, fused_kernels_apply
-from helpers import NEEDS_CUDA_AND_TRITON, TRITON_DEVICES
+from helpers import NEEDS_CUDA_AND_TRITON, NEEDS_TRITON_COMPILER, TRITON_DEVICES, compile_for_hopper
 
 # (N, C, H, W): channels per group 12 (not a power of two) and pixels not a multiple of a tile
 SHAPES = [(3, 48, 7, 7), (2, 64, 33, 33)]
@@ -110,3 +110,21 @@ def test_custom_op_path_matches_the_eager_path(device) -> None:
         lambda *a: torch.ops.bridge_torch.group_norm_act(*a, 4, 1e-5, True)[0])
     for a, b in zip(eager, traced, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@NEEDS_TRITON_COMPILER
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize(("residual", "swish"), [(True, True), (False, False)])
+def test_kernels_compile_for_a_hopper_gpu_without_one(dtype: str, residual: bool,
+                                                      swish: bool) -> None:
+    tensor, stats = f"*{dtype}", "*fp32"
+    sizes = {"hw": "i32", "c": "i32", "channels": "i32"}
+    constants = {"GROUPS": 4, "HAS_RESIDUAL": residual, "SWISH": swish, "BLOCK_HW": 256,
+                 "BLOCK_C": 16}
+    forward = {"X": tensor, "R": tensor, "W": stats, "B": stats, "Y": tensor, "MEAN": stats,
+               "RSTD": stats, **sizes, "eps": "fp32"}
+    backward = {"G": tensor, "X": tensor, "R": tensor, "W": stats, "B": stats, "MEAN": stats,
+                "RSTD": stats, "GX": tensor, "GR": tensor, "PW": stats, "PB": stats, **sizes}
+    for kernel, signature in ((group_norm._forward_kernel, forward),
+                              (group_norm._backward_kernel, backward)):
+        assert f".entry {kernel.__name__}" in compile_for_hopper(kernel, signature, constants)
