@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every check a session with a CUDA GPU should make, in one call, most important first:
-# the CUDA tests, a real training run per agent in bf16 against fp32 (and one through torchrun
-# + NCCL, and bridge-torch-eval on the GPU), then the benchmarks. Each stage has a time limit
+# the CUDA tests, the data pipeline (the open data issue's GPU target), then the training and
+# inference benchmarks, a real training run per agent in bf16 against fp32 (and one through
+# torchrun + NCCL, and bridge-torch-eval on the GPU). Each stage has a time limit
 # and the whole run a budget, so a slow stage cannot eat the rest.
 #
 #   bash bench/gpu_session.sh [OUT_DIR]       (BUDGET=seconds, default 430; PYTHON=python3;
@@ -39,6 +40,8 @@ stage environment 60 bash -c "nvidia-smi -L; $py -c 'import torch, sys; print(sy
 stage cuda_tests 150 "$py" -m pytest -q -p no:cacheprovider -m cuda tests/test_group_norm.py \
     tests/test_graphed.py tests/test_agents.py tests/test_augment.py tests/test_augment_cuda.py \
     tests/test_sampler.py
+stage data 60 "$py" bench/data.py --device cuda --skip-open --seconds 1 \
+    --json "$out/data.json"
 stage train_step 150 "$py" bench/train_step.py --device cuda --profile 15 \
     --json "$out/train_step.json"
 stage train_step_unfused 60 "$py" bench/train_step.py --device cuda --algos gc_bc \
@@ -54,8 +57,6 @@ stage torchrun_eval 90 bash -c "
         data_path=$work/demo/data save_dir=$work/runs name=ddp num_steps=50 batch_size=64 \
         log_interval=10 eval_interval=50 save_interval=50 &&
     $py -m bridge_torch.evaluate \$(ls -d $work/runs/*/*) --device cuda --max_batches 2"
-stage data 60 "$py" bench/data.py --device cuda --skip-open --seconds 1 \
-    --json "$out/data.json"
 stage compile 180 "$py" bench/train_step.py --device cuda --compile --algos gc_bc \
     --precisions bf16 --profile 15 --json "$out/train_step_compile.json"
 
