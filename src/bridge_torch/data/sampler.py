@@ -17,6 +17,7 @@ DDP: each rank builds its own sampler with ``seed + rank`` and draws its share o
 batch; the streams are independent, so no index is communicated between ranks.
 """
 
+import functools
 import itertools
 import logging
 from collections.abc import Iterator
@@ -234,9 +235,7 @@ def _assemble_batch(data: TrainingData, cfg: SamplerConfig, traj: torch.Tensor, 
     chunk = torch.arange(cfg.act_pred_horizon, device=t.device)
     action_rows = data.traj_action_start[traj][:, None] + torch.minimum(
         t[:, None] + chunk, (length - 1)[:, None])  # (B, T_act)
-    def deliver(x: torch.Tensor) -> torch.Tensor:
-        return to_device(x, data.batch_device)
-
+    deliver = functools.partial(to_device, device=data.batch_device)
     observations: dict[str, torch.Tensor] = {PROPRIO: deliver(data.proprio[obs_frames])}
     batch: dict[str, Any] = {OBSERVATIONS: observations,
                              ACTIONS: deliver(data.actions[action_rows])}
