@@ -100,7 +100,8 @@ def test_kernel_constants_describe_the_order() -> None:
         "BEFORE_CONTRAST": 0}
 
 
-@pytest.mark.parametrize("ops", [["crop", "crop"], ["blur"]])
+@pytest.mark.parametrize("ops", [["crop", "crop"], ["blur"], [
+    "brightness", "contrast", "saturation", "hue", "saturation_hue"]])
 def test_orders_the_kernel_cannot_take_are_refused(ops: list[str]) -> None:
     with pytest.raises(ValueError, match="distinct ops"):
         augment_cuda.kernel_constants(ops)

@@ -21,6 +21,7 @@ from bridge_torch.triton_support import kernels_run_on, tl, triton
 BLOCK_PIXELS = 512
 NUM_WARPS = 8
 CODE_BITS = 3  # a run of colour ops is one integer, 3 bits per op code (0: no op)
+MAX_RUN = 4  # colour ops a run can hold (_colour_run)
 # contrast mean: none, over the (colour-adjusted) frame, or over the cropped image
 NO_CONTRAST, MEAN_OF_FRAME, MEAN_OF_CROP = 0, 1, 2
 
@@ -49,11 +50,12 @@ def kernel_constants(ops: list[str]) -> dict[str, int]:
     """The kernel's compile-time description of ``ops``: the colour runs before (``PRE``) and
     after (``POST``) the crop, whether there is a crop, and where contrast takes its mean from
     with the run before it (``BEFORE_CONTRAST``)."""
-    unknown = [op for op in ops if op not in OP_CODES]
-    if unknown or len(set(ops)) != len(ops) or len(ops) > 5:
-        raise ValueError(f"expected distinct ops out of {sorted(OP_CODES)}, got {ops}")
     crop = "crop" in ops
     pre, post = (ops[:ops.index("crop")], ops[ops.index("crop") + 1:]) if crop else ([], ops)
+    if any(op not in OP_CODES for op in ops) or len(set(ops)) != len(ops) or \
+            max(len(pre), len(post)) > MAX_RUN:
+        raise ValueError(f"expected distinct ops out of {sorted(OP_CODES)}, at most {MAX_RUN} "
+                         f"before and after the crop, got {ops}")
     contrast, before_contrast = NO_CONTRAST, []
     for run, mean in ((pre, MEAN_OF_FRAME), (post, MEAN_OF_CROP if crop else MEAN_OF_FRAME)):
         if "contrast" in run:
