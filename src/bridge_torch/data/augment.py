@@ -68,8 +68,9 @@ class AugmentConfig:
     # native kernel); the first batch compiles (~10-30 s). None = on for CUDA batches (1.7x
     # faster there), off on CPU
     compile: Optional[bool] = None
-    # CUDA batches through one Triton kernel (augment_cuda.py) instead of the PyTorch ops: one
-    # launch per batch. Off until measured on a GPU; PyTorch ops (one warning) without Triton
+    # CUDA batches through one Triton kernel (augment_cuda.py) instead of the PyTorch ops: a
+    # launch for the observation frames and one for the goals. Off until measured on a GPU;
+    # PyTorch ops (one warning) without Triton
     fused_cuda: bool = False
 
     def __post_init__(self) -> None:
