@@ -193,6 +193,18 @@ def test_saliency_regulariser_trains(tmp_path):
             event["training/actor_loss"] + 2.0 * event["training/saliency_reg"], rel=1e-5)
 
 
+def test_frame_storage_changes_speed_only(data_path, tmp_path):
+    """Frames in the memory maps (sampled on the host) or on the device: the same batches, so
+    the same losses, and a run resumes exactly with the other storage."""
+    common = ["algo=gc_bc", "log_interval=1", "eval_interval=100", "save_interval=2"]
+    device = run(data_path, tmp_path / "device", *common, "num_steps=4",
+                 "data.frame_storage=device")
+    host = run(data_path, tmp_path / "host", *common, "num_steps=2", "data.frame_storage=host")
+    train(compose_config([f"resume={host}", "num_steps=4", "data.frame_storage=device"]))
+    assert training_losses(host) == training_losses(device)
+    assert len(training_losses(device)) == 4
+
+
 def test_split_batch():
     assert split_batch(256, DistInfo(0, 0, 4)) == 64
     with pytest.raises(ValueError, match="not divisible by the world size 3"):
