@@ -6,10 +6,10 @@ Run:  python bench/data.py [--device cpu cuda] [--batch-size 256] [--image-size 
 
 Builds a synthetic packed store (random frames) in a temporary directory, then measures
 samples/s of (a) ``TransitionSampler.sample`` (index arithmetic + gather of the observation
-window, goal and action chunk; on CUDA also with the frames left in the memory maps,
-``frame_storage=host``, alone and behind a simulated 10 ms GPU step, which shows whether the
-host's gather overlaps the GPU's work) and (b) sample + ``Augmenter`` (observation frames and goal)
-with PyTorch ops, eager and compiled (``augment.compile``), on CPU with the C kernel
+window, goal and action chunk; also with the frames left in the memory maps,
+``frame_storage=host``, and on CUDA that behind a simulated 10 ms GPU step, which shows whether
+the host's gather overlaps the GPU's work) and (b) sample + ``Augmenter`` (observation frames
+and goal) with PyTorch ops, eager and compiled (``augment.compile``), on CPU with the C kernel
 (``augment.native_cpu``, the CPU default) and on CUDA with the Triton kernel
 (``augment.fused_cuda``), for each observation horizon and device (CUDA when present): the
 median over windows of ``--seconds / 5`` after a warm-up, synchronising the device at every
@@ -110,12 +110,13 @@ def measure_sampling(store_path: Path, args: argparse.Namespace) -> list[dict]:
                 augmenters["+ augment, C kernel"] = AugmentConfig(native_cpu=True)
             elif augment_cuda.applies(torch.empty(0, device=device)):
                 augmenters["+ augment, Triton kernel"] = AugmentConfig(fused_cuda=True)
-            steps = {"sample+gather": lambda s=sampler: s.sample(args.batch_size)}
-            if device.type == "cuda":  # frames gathered from the memory maps, batch copied over
-                host_cfg = dataclasses.replace(cfg, frame_storage="host")
-                host = TransitionSampler(TrainingData.from_stores([[store]], stats, host_cfg,
-                                                                  device), host_cfg, seed=0)
-                steps["sample+gather, frames on host"] = lambda s=host: s.sample(args.batch_size)
+            # frames gathered from the memory maps on the host (and copied over to CUDA)
+            host_cfg = dataclasses.replace(cfg, frame_storage="host")
+            host = TransitionSampler(TrainingData.from_stores([[store]], stats, host_cfg, device),
+                                     host_cfg, seed=0)
+            steps = {"sample+gather": lambda s=sampler: s.sample(args.batch_size),
+                     "sample+gather, frames on host": lambda s=host: s.sample(args.batch_size)}
+            if device.type == "cuda":
                 # a 10 ms GPU step queued before each batch: ~10 ms per batch when the host's
                 # gather overlaps it, 10 ms + the gather when the host waits for the GPU
                 busy = gpu_busy(STEP_MS)

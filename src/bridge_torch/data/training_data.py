@@ -102,17 +102,22 @@ class FrameSource:
         return out
 
     def _gather_host(self, wanted: np.ndarray) -> torch.Tensor:
-        """Gather from the memory maps, one fancy-index per store present in the batch."""
+        """Gather from the memory maps, one ``index_select`` per store present in the batch
+        (torch's gather runs on all intra-op threads; numpy fancy indexing on one)."""
         out = torch.empty((wanted.size, *self.row_shape), dtype=self.dtype, pin_memory=self._pin)
-        out_np = out.numpy()
         part_of = np.searchsorted(self._ends, wanted, side="right")
         for part_id in np.unique(part_of):
             rows = np.flatnonzero(part_of == part_id)
             part = self._parts[part_id]
             if part is None:
-                out_np[rows] = 0
+                out.index_fill_(0, torch.from_numpy(rows), 0)
+                continue
+            local = torch.from_numpy(wanted[rows] - self._starts[part_id])
+            if rows.size == wanted.size:  # the whole batch from one store: straight into out
+                torch.index_select(read_only_tensor(part), 0, local, out=out)
             else:
-                out_np[rows] = part[wanted[rows] - self._starts[part_id]]
+                out.index_copy_(0, torch.from_numpy(rows),
+                                read_only_tensor(part).index_select(0, local))
         return out
 
 
