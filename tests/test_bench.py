@@ -85,7 +85,7 @@ def test_inference_and_data_benches_report_json() -> None:
     assert ("C kernel", "crop+brightness+contrast+saturation+hue") in breakdown
     assert ("PyTorch compiled", "") in breakdown and all(ms > 0 for ms in breakdown.values())
     assert {r["what"] for r in data["sampling"]} == {
-        "sample+gather", "+ augment, PyTorch eager", "+ augment, PyTorch compiled",
-        "+ augment, C kernel"}
+        "sample+gather", "sample+gather, frames on host", "+ augment, PyTorch eager",
+        "+ augment, PyTorch compiled", "+ augment, C kernel"}
     opened = {r["what"]: r for r in data["open"]}
     assert opened["out.npy, cached"]["seconds"] < opened["out.npy, first open (pack)"]["seconds"]
