@@ -1,10 +1,11 @@
 """Data-pipeline benchmark: sampling, gathering and augmentation throughput, and dataset opening.
 
 Run:  python bench/data.py [--device cpu cuda] [--batch-size 256] [--image-size 128]
-                           [--obs-horizons 1 2] [--seconds 3] [--breakdown] [--skip-open]
-                           [--json results.json]
+                           [--obs-horizons 1 2] [--seconds 3] [--stores 1] [--breakdown]
+                           [--skip-open] [--json results.json]
 
-Builds a synthetic packed store (random frames) in a temporary directory, then measures
+Builds a synthetic packed store (random frames; ``--stores`` splits it into several, as a
+dataset of many task directories) in a temporary directory, then measures
 samples/s of (a) ``TransitionSampler.sample`` (index arithmetic + gather of the observation
 window, goal and action chunk; also with the frames left in the memory maps,
 ``frame_storage=host``, and on CUDA that behind a simulated 10 ms GPU step, which shows whether
@@ -22,6 +23,7 @@ reports its own peak RSS. Prints a table; the last line is the results as one JS
 
 import argparse
 import dataclasses
+import itertools
 import json
 import statistics
 import tempfile
@@ -57,12 +59,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
     parser.add_argument("--trajectories", type=int, default=100)
     parser.add_argument("--traj-length", type=int, default=40, help="transitions per trajectory")
+    parser.add_argument("--stores", type=int, default=1,
+                        help="split the trajectories over this many packed stores (a real "
+                             "dataset has one per task directory)")
     parser.add_argument("--skip-open", action="store_true", help="skip the dataset-opening part")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time CPU augmentation alone per path and op prefix")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--open-child", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not 1 <= args.stores <= args.trajectories:
+        parser.error(f"--stores must be in [1, --trajectories], got {args.stores}")
+    return args
 
 
 def throughput(step, batch_size: int, seconds: float, device: torch.device) -> float:
@@ -92,16 +100,16 @@ def gpu_busy(ms: float) -> Callable[[], None]:
     return lambda: torch.cuda._sleep(int(per_ms * ms))
 
 
-def measure_sampling(store_path: Path, args: argparse.Namespace) -> list[dict]:
-    store = open_store(store_path)
-    stats = {"actions": store.stats["actions_relabeled"], "proprio": store.stats["proprio"]}
+def measure_sampling(store_paths: list[Path], args: argparse.Namespace) -> list[dict]:
+    stores = [open_store(path) for path in store_paths]
+    stats = {"actions": stores[0].stats["actions_relabeled"], "proprio": stores[0].stats["proprio"]}
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     results = []
     for name in devices:
         device = torch.device(name)
         for horizon in args.obs_horizons:
             cfg = SamplerConfig(obs_horizon=horizon, act_pred_horizon=args.act_pred_horizon)
-            data = TrainingData.from_stores([[store]], stats, cfg, device)
+            data = TrainingData.from_stores([stores], stats, cfg, device)
             sampler = TransitionSampler(data, cfg, seed=0)
             augmenters = {
                 "+ augment, PyTorch eager": AugmentConfig(native_cpu=False, compile=False),
@@ -112,7 +120,7 @@ def measure_sampling(store_path: Path, args: argparse.Namespace) -> list[dict]:
                 augmenters["+ augment, Triton kernel"] = AugmentConfig(fused_cuda=True)
             # frames gathered from the memory maps on the host (and copied over to CUDA)
             host_cfg = dataclasses.replace(cfg, frame_storage="host")
-            host = TransitionSampler(TrainingData.from_stores([[store]], stats, host_cfg, device),
+            host = TransitionSampler(TrainingData.from_stores([stores], stats, host_cfg, device),
                                      host_cfg, seed=0)
             steps = {"sample+gather": lambda s=sampler: s.sample(args.batch_size),
                      "sample+gather, frames on host": lambda s=host: s.sample(args.batch_size)}
@@ -217,14 +225,17 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     header = {"torch": torch.__version__, "threads": torch.get_num_threads(),
               "batch_size": args.batch_size, "image_size": args.image_size,
-              "act_pred_horizon": args.act_pred_horizon,
+              "act_pred_horizon": args.act_pred_horizon, "stores": args.stores,
               "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     print(" ".join(f"{k}={v}" for k, v in header.items()), flush=True)
     with tempfile.TemporaryDirectory(prefix="bridge_torch_bench_") as tmp:
         workdir = Path(tmp)
-        store_path = write_store(workdir / "bench_store", synthetic_trajectories(
-            args.trajectories, args.traj_length, args.image_size), progress=False)
-        results = {**header, "sampling": measure_sampling(store_path, args)}
+        trajectories = synthetic_trajectories(args.trajectories, args.traj_length, args.image_size)
+        per_store = -(-args.trajectories // args.stores)  # the last store may hold fewer
+        store_paths = [write_store(workdir / f"bench_store_{i}",
+                                   itertools.islice(trajectories, per_store), progress=False)
+                       for i in range(args.stores)]
+        results = {**header, "sampling": measure_sampling(store_paths, args)}
         if args.breakdown:
             results["breakdown"] = measure_breakdown(args)
         if not args.skip_open:

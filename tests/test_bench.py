@@ -80,7 +80,7 @@ def test_inference_and_data_benches_report_json() -> None:
     assert all(0 < r["median_ms"] <= r["p90_ms"] for r in report["results"])
     data = run_bench("data.py", "--device", "cpu", "--batch-size", "8", "--image-size", "32",
                      "--obs-horizons", "1", "--seconds", "0.2", "--trajectories", "4",
-                     "--traj-length", "8", "--breakdown")
+                     "--traj-length", "8", "--stores", "2", "--breakdown")
     breakdown = {(r["path"], "+".join(r["order"])): r["ms_per_batch"] for r in data["breakdown"]}
     assert ("C kernel", "crop+brightness+contrast+saturation+hue") in breakdown
     assert ("PyTorch compiled", "") in breakdown and all(ms > 0 for ms in breakdown.values())
