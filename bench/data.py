@@ -35,12 +35,12 @@ import numpy as np
 import torch
 
 from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS
-from bridge_torch.data import augment_cuda
 from bridge_torch.data.augment import AUGMENT_OPS, AugmentConfig, Augmenter
 from bridge_torch.data.datasets import open_split
 from bridge_torch.data.legacy import save_out_npy
 from bridge_torch.data.sampler import SamplerConfig, TrainingData, TransitionSampler
 from bridge_torch.data.store import open_store, write_store
+from bridge_torch.triton_support import kernels_run_on
 from common import emit, peak_rss_mib, run_child, synchronize, synthetic_trajectories
 
 WINDOWS = 5  # measurement windows per configuration; the median is reported
@@ -116,7 +116,7 @@ def measure_sampling(store_paths: list[Path], args: argparse.Namespace) -> list[
                 "+ augment, PyTorch compiled": AugmentConfig(native_cpu=False, compile=True)}
             if device.type == "cpu":
                 augmenters["+ augment, C kernel"] = AugmentConfig(native_cpu=True)
-            elif augment_cuda.applies(torch.empty(0, device=device)):
+            elif kernels_run_on(torch.empty(0, device=device)):
                 augmenters["+ augment, Triton kernel"] = AugmentConfig(fused_cuda=True)
             # frames gathered from the memory maps on the host (and copied over to CUDA)
             host_cfg = dataclasses.replace(cfg, frame_storage="host")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS, SALIENCY, SALIENCY_MASK
-from bridge_torch.data import augment_cuda
+from bridge_torch.data import augment, augment_cuda
 from bridge_torch.data.augment import NUM_PARAMS, AugmentConfig, Augmenter
 from bridge_torch.data.augment_cpu import OP_CODES
 from helpers import NEEDS_TRITON_COMPILER, TRITON_DEVICES, compile_for_hopper
@@ -116,7 +116,7 @@ def test_bad_inputs_are_refused_before_the_kernel_runs() -> None:
 
 
 def test_cpu_batches_without_the_interpreter_take_the_pytorch_ops(monkeypatch) -> None:
-    monkeypatch.setattr(augment_cuda, "applies", lambda images: False)
+    monkeypatch.setattr(augment, "kernels_run_on", lambda images: False)
     data = batch()
     fused = augmented(AugmentConfig(fused_cuda=True, native_cpu=False, compile=False), data)
     reference = augmented(AugmentConfig(native_cpu=False, compile=False), data)

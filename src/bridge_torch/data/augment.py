@@ -37,6 +37,7 @@ from bridge_torch.data.color import (
 )
 from bridge_torch.data.saliency_targets import minmax_normalize
 from bridge_torch.data.transfer import to_device
+from bridge_torch.triton_support import kernels_run_on
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ class Augmenter:
             if kernel is not None:
                 return functools.partial(augment_cpu.augment, codes=self._op_codes,
                                          kernel=kernel)
-        elif self.cfg.fused_cuda and augment_cuda.applies(images):
+        elif self.cfg.fused_cuda and kernels_run_on(images):
             return functools.partial(augment_cuda.augment, ops=self._ops)
         elif self.cfg.fused_cuda and images.is_cuda:
             _warn_no_triton()

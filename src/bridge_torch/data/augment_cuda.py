@@ -14,7 +14,7 @@ PyTorch ops' up to float rounding (at most one uint8 level).
 import torch
 
 from bridge_torch.data.augment_cpu import OP_CODES, check_batch
-from bridge_torch.triton_support import kernels_run_on, tl, triton
+from bridge_torch.triton_support import tl, triton
 
 # pixels a program handles at a time, and its warps: 2 pixels per thread keep the kernel at 58
 # registers on sm_90 (ptxas), so about four 256-thread programs fit on an SM at once
@@ -24,11 +24,6 @@ CODE_BITS = 3  # a run of colour ops is one integer, 3 bits per op code (0: no o
 MAX_RUN = 4  # colour ops a run can hold (_colour_run)
 # contrast mean: none, over the (colour-adjusted) frame, or over the cropped image
 NO_CONTRAST, MEAN_OF_FRAME, MEAN_OF_CROP = 0, 1, 2
-
-
-def applies(images: torch.Tensor) -> bool:
-    """Whether the kernel can take ``images``: on CUDA with Triton (or interpreted)."""
-    return kernels_run_on(images)
 
 
 def augment(images: torch.Tensor, params: torch.Tensor, ops: list[str]) -> torch.Tensor:
