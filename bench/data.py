@@ -231,10 +231,10 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bridge_torch_bench_") as tmp:
         workdir = Path(tmp)
         trajectories = synthetic_trajectories(args.trajectories, args.traj_length, args.image_size)
-        per_store = -(-args.trajectories // args.stores)  # the last store may hold fewer
+        bounds = [args.trajectories * i // args.stores for i in range(args.stores + 1)]
         store_paths = [write_store(workdir / f"bench_store_{i}",
-                                   itertools.islice(trajectories, per_store), progress=False)
-                       for i in range(args.stores)]
+                                   itertools.islice(trajectories, stop - start), progress=False)
+                       for i, (start, stop) in enumerate(itertools.pairwise(bounds))]
         results = {**header, "sampling": measure_sampling(store_paths, args)}
         if args.breakdown:
             results["breakdown"] = measure_breakdown(args)
