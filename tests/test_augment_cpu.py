@@ -1,13 +1,25 @@
 """The C kernel for CPU augmentation (data/augment_cpu.c) against the PyTorch ops it replaces."""
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
 
 from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS
 from bridge_torch.data import augment_cpu
-from bridge_torch.data.augment import NUM_PARAMS, AugmentConfig, Augmenter
+from bridge_torch.data.augment import (
+    BRIGHTNESS,
+    CONTRAST,
+    HEIGHT,
+    HUE,
+    NUM_PARAMS,
+    SATURATION,
+    TOP,
+    WIDTH,
+    AugmentConfig,
+    Augmenter,
+)
 
 # wider than the defaults, so clipping, saturation > 1 and large hue shifts all occur
 STRONG = {"crop_scale": [0.3, 1.0], "crop_ratio": [0.7, 1.4], "brightness": 0.4,
@@ -48,6 +60,33 @@ def test_kernel_matches_the_pytorch_ops(order: list[str]) -> None:
         assert got.shape == expected.shape and got.dtype == torch.uint8
         diff = (got.int() - expected.int()).abs()
         assert diff.max() <= 1 and diff.float().mean() < 0.01  # float rounding only
+
+
+def _cpu_has_avx512() -> bool:
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpuinfo.exists() and " avx512f" in cpuinfo.read_text()
+
+
+@pytest.mark.skipif(not _cpu_has_avx512(), reason="the CPU has no AVX-512")
+@pytest.mark.parametrize("order", ORDERS, ids=lambda order: "-".join(order) or "none")
+def test_avx512_paths_equal_the_portable_loops_bit_for_bit(order: list[str]) -> None:
+    kernel = augment_cpu.load_kernel()
+    generator = torch.Generator().manual_seed(5)
+    # widths off the 16-pixel blocks, so the vector loops hand their tails to the scalar ones
+    images = torch.randint(0, 256, (7, 19, 53, 3), generator=generator, dtype=torch.uint8)
+    u = torch.rand(7, NUM_PARAMS, generator=generator)
+    params = torch.empty(7, NUM_PARAMS)
+    params[:, HEIGHT:WIDTH + 1] = 0.3 + 0.7 * u[:, HEIGHT:WIDTH + 1]
+    params[0, HEIGHT:WIDTH + 1] = 1.0  # the whole image: the widest span of source pixels
+    params[:, TOP:TOP + 2] = u[:, TOP:TOP + 2] * (1.0 - params[:, HEIGHT:WIDTH + 1])
+    params[:, BRIGHTNESS] = 0.8 * u[:, BRIGHTNESS] - 0.4
+    params[:, CONTRAST] = 0.4 + 1.2 * u[:, CONTRAST]
+    params[:, SATURATION] = 2.5 * u[:, SATURATION]
+    params[:, HUE] = u[:, HUE] - 0.5
+    codes = augment_cpu.op_codes(order)
+    vector = augment_cpu.augment(images, params, codes, kernel)
+    portable = augment_cpu.augment(images, params, codes, kernel, allow_avx512=False)
+    assert torch.equal(vector, portable)
 
 
 def test_kernel_results_do_not_depend_on_the_thread_count() -> None:

@@ -7,11 +7,19 @@
  * nearest uint8 (ties to even, as torch.round). With PyTorch ops each step is a pass over the
  * whole batch in memory; here every step is a pass over one image's three planes, which stay in
  * the CPU cache. Results equal the PyTorch path up to float rounding (at most one uint8 level).
+ * On x86-64 CPUs with AVX-512 two steps use vector permutes instead of gathers and scalar byte
+ * stores (the crop's horizontal pass and the rounded, interleaved store); their results are
+ * bit-identical to the portable loops, which every other CPU runs.
  * Built and loaded at run time by bridge_torch/data/augment_cpu.py.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define AVX512_PATHS 1
+#endif
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define MULTIVERSION __attribute__((flatten, target_clones("avx512f", "avx2", "default")))
@@ -25,6 +33,7 @@ enum { TOP, LEFT, HEIGHT, WIDTH, BRIGHTNESS, CONTRAST, SATURATION, HUE, NUM_PARA
 
 #define PIXEL_MAX 255.0f
 #define TINY 1e-12f
+#define OVERREAD 64  /* floats the AVX-512 crop may load past a row's last pixel (never used) */
 
 /* Plain comparisons rather than fminf/fmaxf, whose NaN rules keep the compiler from using the
  * vector min/max instructions (pixels are never NaN). */
@@ -47,11 +56,60 @@ static inline int64_t neighbour(float position, int64_t size, float *weight) {
     return low;
 }
 
-/* Along a row: out[j] = lerp(row[left[j]], row[left[j] + next], frac[j]). */
+static int cpu_has_avx512(void) {
+#ifdef AVX512_PATHS
+    return __builtin_cpu_supports("avx512f");
+#else
+    return 0;
+#endif
+}
+
+#ifdef AVX512_PATHS
+/* resample_row for 16 outputs at a time while their sources lie within 64 floats of the first
+ * one's, which holds for every crop box (at most the image, so consecutive outputs step by at
+ * most one source pixel): two-table permutes of four loaded vectors instead of gathers. Returns
+ * the outputs done. */
+__attribute__((target("avx512f")))
+static int64_t resample_row_avx512(const float *restrict row, const int32_t *restrict left,
+                                   const float *restrict frac, int64_t next,
+                                   float *restrict out, int64_t w) {
+    const __m512i high = _mm512_set1_epi32(32);
+    int64_t j = 0;
+    for (; j + 16 <= w; j += 16) {
+        const int32_t base = left[j];
+        if (left[j + 15] + next - base >= 64) break;
+        const float *src = row + base;
+        const __m512 v0 = _mm512_loadu_ps(src), v1 = _mm512_loadu_ps(src + 16);
+        const __m512 v2 = _mm512_loadu_ps(src + 32), v3 = _mm512_loadu_ps(src + 48);
+        /* offsets from base; a permute takes the low five bits, a mask picks v2:v3 for >= 32 */
+        const __m512i at = _mm512_sub_epi32(_mm512_loadu_si512(left + j), _mm512_set1_epi32(base));
+        const __m512i bt = _mm512_add_epi32(at, _mm512_set1_epi32((int32_t)next));
+        const __m512 a = _mm512_mask_blend_ps(_mm512_cmpge_epi32_mask(at, high),
+                                              _mm512_permutex2var_ps(v0, at, v1),
+                                              _mm512_permutex2var_ps(v2, at, v3));
+        const __m512 b = _mm512_mask_blend_ps(_mm512_cmpge_epi32_mask(bt, high),
+                                              _mm512_permutex2var_ps(v0, bt, v1),
+                                              _mm512_permutex2var_ps(v2, bt, v3));
+        const __m512 f = _mm512_loadu_ps(frac + j);
+        /* a + f * (b - a), rounded step by step as the portable loop */
+        _mm512_storeu_ps(out + j, _mm512_add_ps(a, _mm512_mul_ps(f, _mm512_sub_ps(b, a))));
+    }
+    return j;
+}
+#endif
+
+/* Along a row: out[j] = lerp(row[left[j]], row[left[j] + next], frac[j]). row holds OVERREAD
+ * floats past its pixels. */
 static inline void resample_row(const float *restrict row, const int32_t *restrict left,
                                 const float *restrict frac, int64_t next, float *restrict out,
-                                int64_t w) {
-    for (int64_t j = 0; j < w; ++j) {
+                                int64_t w, int avx512) {
+    int64_t j = 0;
+#ifdef AVX512_PATHS
+    if (avx512) j = resample_row_avx512(row, left, frac, next, out, w);
+#else
+    (void)avx512;
+#endif
+    for (; j < w; ++j) {
         const float a = row[left[j]], b = row[left[j] + next];
         out[j] = a + frac[j] * (b - a);
     }
@@ -60,7 +118,8 @@ static inline void resample_row(const float *restrict row, const int32_t *restri
 /* Bilinear crop of the three planes: rows first (two source rows), then along the row. The
  * source is the interleaved uint8 frame (first op: no float copy of it) or planar float. */
 static void crop(const float *src_f, const uint8_t *src_u8, float *dst, const float *p,
-                 int64_t h, int64_t w, int32_t *left, float *frac, float *restrict row) {
+                 int64_t h, int64_t w, int32_t *left, float *frac, float *restrict row,
+                 int avx512) {
     const int64_t stride = src_u8 ? 3 : 1;  /* distance of horizontal neighbours in row */
     const int64_t next = w > 1 ? stride : 0;
     for (int64_t j = 0; j < w; ++j)
@@ -76,13 +135,13 @@ static void crop(const float *src_f, const uint8_t *src_u8, float *dst, const fl
             for (int64_t x = 0; x < 3 * w; ++x)
                 row[x] = (float)top[x] + fy * ((float)bottom[x] - (float)top[x]);
             for (int64_t ch = 0; ch < 3; ++ch)
-                resample_row(row + ch, left, frac, next, dst + (ch * h + i) * w, w);
+                resample_row(row + ch, left, frac, next, dst + (ch * h + i) * w, w, avx512);
         } else {
             for (int64_t ch = 0; ch < 3; ++ch) {
                 const float *restrict top = src_f + (ch * h + y0) * w;
                 const float *restrict bottom = src_f + (ch * h + y1) * w;
                 for (int64_t x = 0; x < w; ++x) row[x] = top[x] + fy * (bottom[x] - top[x]);
-                resample_row(row, left, frac, next, dst + (ch * h + i) * w, w);
+                resample_row(row, left, frac, next, dst + (ch * h + i) * w, w, avx512);
             }
         }
     }
@@ -149,15 +208,71 @@ static void saturation_hue(float *x, int64_t plane, float factor, float delta) {
     }
 }
 
-/* images, out: (n, h, w, 3) uint8; params: (n, NUM_PARAMS) float32; ops: n_ops op codes.
- * Returns 0, or -1 if scratch memory is not available. */
+#ifdef AVX512_PATHS
+/* Byte shuffles that interleave 16 levels of each channel into 48 bytes R, G, B, R, ...: for
+ * the output's 16-byte chunk c and channel ch, the level each byte takes, or -1 (a zero byte). */
+static const int8_t INTERLEAVE[3][3][16] = {
+    {{0, -1, -1, 1, -1, -1, 2, -1, -1, 3, -1, -1, 4, -1, -1, 5},
+     {-1, 0, -1, -1, 1, -1, -1, 2, -1, -1, 3, -1, -1, 4, -1, -1},
+     {-1, -1, 0, -1, -1, 1, -1, -1, 2, -1, -1, 3, -1, -1, 4, -1}},
+    {{-1, -1, 6, -1, -1, 7, -1, -1, 8, -1, -1, 9, -1, -1, 10, -1},
+     {5, -1, -1, 6, -1, -1, 7, -1, -1, 8, -1, -1, 9, -1, -1, 10},
+     {-1, 5, -1, -1, 6, -1, -1, 7, -1, -1, 8, -1, -1, 9, -1, -1}},
+    {{-1, 11, -1, -1, 12, -1, -1, 13, -1, -1, 14, -1, -1, 15, -1, -1},
+     {-1, -1, 11, -1, -1, 12, -1, -1, 13, -1, -1, 14, -1, -1, 15, -1},
+     {10, -1, -1, 11, -1, -1, 12, -1, -1, 13, -1, -1, 14, -1, -1, 15}}};
+
+/* store_levels for 16 pixels at a time (cvtps2dq rounds to nearest, ties to even, as
+ * nearbyintf). Returns the pixels done. */
+__attribute__((target("avx512f")))
+static int64_t store_levels_avx512(const float *restrict pixels, uint8_t *restrict dst,
+                                   int64_t plane) {
+    const __m512 zero = _mm512_setzero_ps(), top = _mm512_set1_ps(PIXEL_MAX);
+    int64_t t = 0;
+    for (; t + 16 <= plane; t += 16) {
+        __m128i levels[3];
+        for (int ch = 0; ch < 3; ++ch) {
+            const __m512 x = _mm512_loadu_ps(pixels + ch * plane + t);
+            levels[ch] = _mm512_cvtepi32_epi8(
+                _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(x, zero), top)));
+        }
+        for (int c = 0; c < 3; ++c) {
+            __m128i chunk = _mm_setzero_si128();
+            for (int ch = 0; ch < 3; ++ch)
+                chunk = _mm_or_si128(chunk, _mm_shuffle_epi8(
+                    levels[ch], _mm_loadu_si128((const __m128i *)INTERLEAVE[c][ch])));
+            _mm_storeu_si128((__m128i *)(dst + 3 * t + 16 * c), chunk);
+        }
+    }
+    return t;
+}
+#endif
+
+/* Planar float pixels -> interleaved uint8 levels: clipped, rounded to nearest, ties to even. */
+static void store_levels(const float *restrict pixels, uint8_t *restrict dst, int64_t plane,
+                         int avx512) {
+    int64_t t = 0;
+#ifdef AVX512_PATHS
+    if (avx512) t = store_levels_avx512(pixels, dst, plane);
+#else
+    (void)avx512;
+#endif
+    for (; t < plane; ++t)
+        for (int64_t ch = 0; ch < 3; ++ch)
+            dst[3 * t + ch] = (uint8_t)nearbyintf(clip(pixels[ch * plane + t]));
+}
+
+/* images, out: (n, h, w, 3) uint8; params: (n, NUM_PARAMS) float32; ops: n_ops op codes;
+ * allow_avx512: 0 runs the portable loops on any CPU. Returns 0, or -1 if scratch memory is not
+ * available. */
 MULTIVERSION
 int augment(const uint8_t *images, uint8_t *out, const float *params, const int32_t *ops,
-            int64_t n_ops, int64_t n, int64_t h, int64_t w) {
+            int64_t n_ops, int64_t n, int64_t h, int64_t w, int32_t allow_avx512) {
     const int64_t plane = h * w;
+    const int avx512 = allow_avx512 && cpu_has_avx512();
     float *pixels = malloc(sizeof(float) * 3 * plane);
     float *spare = malloc(sizeof(float) * 3 * plane);
-    float *row = malloc(sizeof(float) * 3 * w);
+    float *row = malloc(sizeof(float) * (3 * w + OVERREAD));
     float *frac = malloc(sizeof(float) * w);
     int32_t *left = malloc(sizeof(int32_t) * w);  /* 32-bit: vector gathers */
     if (!pixels || !spare || !row || !frac || !left) {
@@ -169,7 +284,7 @@ int augment(const uint8_t *images, uint8_t *out, const float *params, const int3
         const float *p = params + k * NUM_PARAMS;
         int64_t o = 0;
         if (n_ops > 0 && ops[0] == OP_CROP) {  /* straight from the uint8 frame */
-            crop(NULL, src, pixels, p, h, w, left, frac, row);
+            crop(NULL, src, pixels, p, h, w, left, frac, row, avx512);
             o = 1;
         } else {
             for (int64_t t = 0; t < plane; ++t)
@@ -178,7 +293,7 @@ int augment(const uint8_t *images, uint8_t *out, const float *params, const int3
         for (; o < n_ops; ++o) {
             switch (ops[o]) {
             case OP_CROP: {
-                crop(pixels, NULL, spare, p, h, w, left, frac, row);
+                crop(pixels, NULL, spare, p, h, w, left, frac, row, avx512);
                 float *swap = pixels; pixels = spare; spare = swap;
                 break;
             }
@@ -190,14 +305,7 @@ int augment(const uint8_t *images, uint8_t *out, const float *params, const int3
             default: break;
             }
         }
-        uint8_t *restrict levels = (uint8_t *)spare;  /* planar uint8, then interleaved */
-        for (int64_t t = 0; t < 3 * plane; ++t) levels[t] = (uint8_t)nearbyintf(clip(pixels[t]));
-        uint8_t *restrict dst = out + k * plane * 3;
-        for (int64_t t = 0; t < plane; ++t) {
-            dst[3 * t] = levels[t];
-            dst[3 * t + 1] = levels[plane + t];
-            dst[3 * t + 2] = levels[2 * plane + t];
-        }
+        store_levels(pixels, out + k * plane * 3, plane, avx512);
     }
     free(pixels); free(spare); free(row); free(frac); free(left);
     return 0;

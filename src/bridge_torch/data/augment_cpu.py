@@ -60,7 +60,7 @@ def load_kernel() -> ctypes.CDLL | None:
                     "PyTorch ops instead", SOURCE.name, detail)
         return None
     kernel.augment.restype = ctypes.c_int
-    kernel.augment.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4
+    kernel.augment.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4 + [ctypes.c_int32]
     return kernel
 
 
@@ -80,9 +80,10 @@ def check_batch(images: torch.Tensor, params: torch.Tensor) -> None:
 
 
 def augment(images: torch.Tensor, params: torch.Tensor, codes: torch.Tensor,
-            kernel: ctypes.CDLL) -> torch.Tensor:
+            kernel: ctypes.CDLL, *, allow_avx512: bool = True) -> torch.Tensor:
     """Apply the ops ``codes`` (from ``op_codes``) to uint8 images (n, H, W, 3) on the CPU with
-    per-image ``params`` (n, NUM_PARAMS); returns new uint8 images (n, H, W, 3)."""
+    per-image ``params`` (n, NUM_PARAMS); returns new uint8 images (n, H, W, 3).
+    ``allow_avx512=False`` runs the portable loops even on a CPU with AVX-512 (same results)."""
     check_batch(images, params)
     images = images.contiguous()
     params = params.to(torch.float32).contiguous()
@@ -94,7 +95,7 @@ def augment(images: torch.Tensor, params: torch.Tensor, codes: torch.Tensor,
     def run(start: int, stop: int) -> int:
         return kernel.augment(images[start].data_ptr(), out[start].data_ptr(),
                               params[start].data_ptr(), codes.data_ptr(), codes.numel(),
-                              stop - start, height, width)
+                              stop - start, height, width, allow_avx512)
 
     pool = _pool(threads) if threads > 1 else None
     codes_returned = list(pool.map(run, bounds[:-1], bounds[1:])) if pool else [run(0, n)]
