@@ -52,7 +52,7 @@ def augmented(cfg: AugmentConfig, data: dict) -> list[torch.Tensor]:
 @pytest.mark.parametrize("order", ORDERS, ids=lambda order: "-".join(order) or "none")
 def test_kernel_matches_the_pytorch_ops(order: list[str]) -> None:
     assert augment_cpu.load_kernel() is not None, "the test machine has a C compiler"
-    data = batch()
+    data = batch(height=37, width=61)  # 2,257 pixels: three of the kernel's colour tiles
     native = augmented(AugmentConfig(order=order, **STRONG), data)
     reference = augmented(AugmentConfig(order=order, native_cpu=False, compile=False, **STRONG),
                           data)
@@ -73,7 +73,7 @@ def test_avx512_paths_equal_the_portable_loops_bit_for_bit(order: list[str]) -> 
     kernel = augment_cpu.load_kernel()
     generator = torch.Generator().manual_seed(5)
     # widths off the 16-pixel blocks, so the vector loops hand their tails to the scalar ones
-    images = torch.randint(0, 256, (7, 19, 53, 3), generator=generator, dtype=torch.uint8)
+    images = torch.randint(0, 256, (7, 37, 53, 3), generator=generator, dtype=torch.uint8)
     u = torch.rand(7, NUM_PARAMS, generator=generator)
     params = torch.empty(7, NUM_PARAMS)
     params[:, HEIGHT:WIDTH + 1] = 0.3 + 0.7 * u[:, HEIGHT:WIDTH + 1]

@@ -5,11 +5,15 @@
  * grid_sample(align_corners=True, padding_mode="border") for an axis-aligned box), brightness,
  * contrast, saturation, hue and the fused saturation+hue HSV round trip; then rounding to the
  * nearest uint8 (ties to even, as torch.round). With PyTorch ops each step is a pass over the
- * whole batch in memory; here every step is a pass over one image's three planes, which stay in
- * the CPU cache. Results equal the PyTorch path up to float rounding (at most one uint8 level).
- * On x86-64 CPUs with AVX-512 two steps use vector permutes instead of gathers and scalar byte
- * stores (the crop's horizontal pass and the rounded, interleaved store); their results are
- * bit-identical to the portable loops, which every other CPU runs.
+ * whole batch in memory; here the steps work on one image's three planes, which stay in the CPU's
+ * L2 cache, and the colour ops between a crop or contrast and the next go through the image in
+ * one pass of 1,024-pixel tiles, which stay in L1 (the pass also sums the means the next
+ * contrast needs, or stores the levels after the last op). Results equal the PyTorch path up to
+ * float rounding (at most one uint8 level).
+ * On x86-64 CPUs with AVX-512 three loops use explicit vector code: the crop's vertical pass from
+ * uint8 rows, its horizontal pass (permutes instead of gathers) and the rounded, interleaved
+ * store (byte shuffles). Their results are bit-identical to the portable loops, which every
+ * other CPU runs.
  * Built and loaded at run time by bridge_torch/data/augment_cpu.py.
  */
 #include <math.h>
@@ -34,12 +38,14 @@ enum { TOP, LEFT, HEIGHT, WIDTH, BRIGHTNESS, CONTRAST, SATURATION, HUE, NUM_PARA
 #define PIXEL_MAX 255.0f
 #define TINY 1e-12f
 #define OVERREAD 64  /* floats the AVX-512 crop may load past a row's last pixel (never used) */
+#define TILE 1024    /* pixels per tile of a colour pass (12 KB of floats); a multiple of 16 */
 
 /* Plain comparisons rather than fminf/fmaxf, whose NaN rules keep the compiler from using the
  * vector min/max instructions (pixels are never NaN). */
 static inline float min(float a, float b) { return a < b ? a : b; }
 static inline float max(float a, float b) { return a > b ? a : b; }
 static inline float clip(float x) { return min(max(x, 0.0f), PIXEL_MAX); }
+static inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 /* Sample position of output index i of size pixels for a box [start, start + extent]. */
 static inline float source_position(float start, float extent, int64_t i, int64_t size) {
@@ -98,6 +104,38 @@ static int64_t resample_row_avx512(const float *restrict row, const int32_t *res
 }
 #endif
 
+#ifdef AVX512_PATHS
+/* The crop's vertical pass from uint8 rows for 16 values at a time (GCC's own vector loop widens
+ * bytes in several steps at half the width). Returns the values done. */
+__attribute__((target("avx512f")))
+static int64_t lerp_rows_u8_avx512(const uint8_t *restrict top, const uint8_t *restrict bottom,
+                                   float weight, float *restrict out, int64_t count) {
+    const __m512 f = _mm512_set1_ps(weight);
+    int64_t x = 0;
+    for (; x + 16 <= count; x += 16) {
+        const __m512 a = _mm512_cvtepi32_ps(
+            _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(top + x))));
+        const __m512 b = _mm512_cvtepi32_ps(
+            _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(bottom + x))));
+        _mm512_storeu_ps(out + x, _mm512_add_ps(a, _mm512_mul_ps(f, _mm512_sub_ps(b, a))));
+    }
+    return x;
+}
+#endif
+
+/* out[x] = lerp(top[x], bottom[x], weight) for two rows of uint8 values. */
+static inline void lerp_rows_u8(const uint8_t *restrict top, const uint8_t *restrict bottom,
+                                float weight, float *restrict out, int64_t count, int avx512) {
+    int64_t x = 0;
+#ifdef AVX512_PATHS
+    if (avx512) x = lerp_rows_u8_avx512(top, bottom, weight, out, count);
+#else
+    (void)avx512;
+#endif
+    for (; x < count; ++x)
+        out[x] = (float)top[x] + weight * ((float)bottom[x] - (float)top[x]);
+}
+
 /* Along a row: out[j] = lerp(row[left[j]], row[left[j] + next], frac[j]). row holds OVERREAD
  * floats past its pixels. */
 static inline void resample_row(const float *restrict row, const int32_t *restrict left,
@@ -130,10 +168,7 @@ static void crop(const float *src_f, const uint8_t *src_u8, float *dst, const fl
         const int64_t y0 = neighbour(source_position(p[TOP], p[HEIGHT], i, h), h, &fy);
         const int64_t y1 = h > 1 ? y0 + 1 : y0;
         if (src_u8) {  /* both source rows hold all three channels, interleaved */
-            const uint8_t *restrict top = src_u8 + y0 * 3 * w;
-            const uint8_t *restrict bottom = src_u8 + y1 * 3 * w;
-            for (int64_t x = 0; x < 3 * w; ++x)
-                row[x] = (float)top[x] + fy * ((float)bottom[x] - (float)top[x]);
+            lerp_rows_u8(src_u8 + y0 * 3 * w, src_u8 + y1 * 3 * w, fy, row, 3 * w, avx512);
             for (int64_t ch = 0; ch < 3; ++ch)
                 resample_row(row + ch, left, frac, next, dst + (ch * h + i) * w, w, avx512);
         } else {
@@ -147,29 +182,57 @@ static void crop(const float *src_f, const uint8_t *src_u8, float *dst, const fl
     }
 }
 
-static void brightness(float *restrict x, int64_t count, float delta) {
-    const float shift = delta * PIXEL_MAX;
-    for (int64_t t = 0; t < count; ++t) x[t] = clip(x[t] + shift);
-}
+/* The colour ops work on count pixels from x, whose channels lie plane floats apart: a tile of
+ * the image, so a run of ops goes through the tile while it is in the L1 cache. */
 
-static void contrast(float *x, int64_t plane, float factor) {
+static void brightness(float *x, int64_t plane, int64_t count, float delta) {
+    const float shift = delta * PIXEL_MAX;
     for (int64_t ch = 0; ch < 3; ++ch) {
         float *restrict c = x + ch * plane;
-        float lanes[16] = {0.0f};  /* independent partial sums: a vectorisable reduction */
-        int64_t t = 0;
-        for (; t + 16 <= plane; t += 16)
-            for (int64_t l = 0; l < 16; ++l) lanes[l] += c[t + l];
-        double sum = 0.0;
-        for (int64_t l = 0; l < 16; ++l) sum += lanes[l];
-        for (; t < plane; ++t) sum += c[t];
-        const float shift = (float)(sum / (double)plane) * (1.0f - factor);
-        for (t = 0; t < plane; ++t) c[t] = clip(c[t] * factor + shift);
+        for (int64_t t = 0; t < count; ++t) c[t] = clip(c[t] + shift);
     }
 }
 
-static void saturation(float *x, int64_t plane, float factor) {
+/* Per-channel sums for contrast's means, 16 independent partial sums each (a vectorisable
+ * reduction), added a tile at a time; the plane's last plane % 16 pixels are left to
+ * channel_means, so the result does not depend on the tiling. */
+typedef struct {
+    float lanes[3][16];
+} ChannelSums;
+
+/* Adds the whole 16-pixel blocks of pixels [start, start + count); start is a multiple of 16. */
+static void sum_blocks(ChannelSums *sums, const float *x, int64_t plane, int64_t start,
+                       int64_t count) {
+    const int64_t stop = min_i64(start + count, plane - plane % 16);
+    for (int64_t ch = 0; ch < 3; ++ch) {
+        const float *restrict c = x + ch * plane;
+        float *restrict lanes = sums->lanes[ch];
+        for (int64_t t = start; t < stop; t += 16)
+            for (int64_t l = 0; l < 16; ++l) lanes[l] += c[t + l];
+    }
+}
+
+static void channel_means(const ChannelSums *sums, const float *x, int64_t plane,
+                          float mean[3]) {
+    for (int64_t ch = 0; ch < 3; ++ch) {
+        double sum = 0.0;
+        for (int64_t l = 0; l < 16; ++l) sum += sums->lanes[ch][l];
+        for (int64_t t = plane - plane % 16; t < plane; ++t) sum += x[ch * plane + t];
+        mean[ch] = (float)(sum / (double)plane);
+    }
+}
+
+static void contrast(float *x, int64_t plane, int64_t count, float factor, const float mean[3]) {
+    for (int64_t ch = 0; ch < 3; ++ch) {
+        float *restrict c = x + ch * plane;
+        const float shift = mean[ch] * (1.0f - factor);
+        for (int64_t t = 0; t < count; ++t) c[t] = clip(c[t] * factor + shift);
+    }
+}
+
+static void saturation(float *x, int64_t plane, int64_t count, float factor) {
     float *restrict r = x, *restrict g = x + plane, *restrict b = x + 2 * plane;
-    for (int64_t t = 0; t < plane; ++t) {
+    for (int64_t t = 0; t < count; ++t) {
         const float value = max(max(r[t], g[t]), b[t]);
         const float chroma = value - min(min(r[t], g[t]), b[t]);
         const float ratio = min(factor, value / max(chroma, TINY));
@@ -186,9 +249,9 @@ static inline float trapezoid(float k) { return min(max(min(k, 4.0f - k), 0.0f),
 /* k mod 6 for k in [0, 12): one compare instead of a floor. */
 static inline float wrap6(float k) { return k >= 6.0f ? k - 6.0f : k; }
 
-static void saturation_hue(float *x, int64_t plane, float factor, float delta) {
+static void saturation_hue(float *x, int64_t plane, int64_t count, float factor, float delta) {
     float *restrict r = x, *restrict g = x + plane, *restrict b = x + 2 * plane;
-    for (int64_t t = 0; t < plane; ++t) {
+    for (int64_t t = 0; t < count; ++t) {
         const float red = r[t], green = g[t], blue = b[t];
         const float value = max(max(red, green), blue);
         const float chroma = value - min(min(red, green), blue);
@@ -226,10 +289,10 @@ static const int8_t INTERLEAVE[3][3][16] = {
  * nearbyintf). Returns the pixels done. */
 __attribute__((target("avx512f")))
 static int64_t store_levels_avx512(const float *restrict pixels, uint8_t *restrict dst,
-                                   int64_t plane) {
+                                   int64_t plane, int64_t count) {
     const __m512 zero = _mm512_setzero_ps(), top = _mm512_set1_ps(PIXEL_MAX);
     int64_t t = 0;
-    for (; t + 16 <= plane; t += 16) {
+    for (; t + 16 <= count; t += 16) {
         __m128i levels[3];
         for (int ch = 0; ch < 3; ++ch) {
             const __m512 x = _mm512_loadu_ps(pixels + ch * plane + t);
@@ -248,16 +311,17 @@ static int64_t store_levels_avx512(const float *restrict pixels, uint8_t *restri
 }
 #endif
 
-/* Planar float pixels -> interleaved uint8 levels: clipped, rounded to nearest, ties to even. */
+/* count planar float pixels -> interleaved uint8 levels: clipped, rounded to nearest, ties to
+ * even. */
 static void store_levels(const float *restrict pixels, uint8_t *restrict dst, int64_t plane,
-                         int avx512) {
+                         int64_t count, int avx512) {
     int64_t t = 0;
 #ifdef AVX512_PATHS
-    if (avx512) t = store_levels_avx512(pixels, dst, plane);
+    if (avx512) t = store_levels_avx512(pixels, dst, plane, count);
 #else
     (void)avx512;
 #endif
-    for (; t < plane; ++t)
+    for (; t < count; ++t)
         for (int64_t ch = 0; ch < 3; ++ch)
             dst[3 * t + ch] = (uint8_t)nearbyintf(clip(pixels[ch * plane + t]));
 }
@@ -274,7 +338,7 @@ int augment(const uint8_t *images, uint8_t *out, const float *params, const int3
     float *spare = malloc(sizeof(float) * 3 * plane);
     float *row = malloc(sizeof(float) * (3 * w + OVERREAD));
     float *frac = malloc(sizeof(float) * w);
-    int32_t *left = malloc(sizeof(int32_t) * w);  /* 32-bit: vector gathers */
+    int32_t *left = malloc(sizeof(int32_t) * w);  /* 32-bit: vector gathers, permutes */
     if (!pixels || !spare || !row || !frac || !left) {
         free(pixels); free(spare); free(row); free(frac); free(left);
         return -1;
@@ -290,22 +354,51 @@ int augment(const uint8_t *images, uint8_t *out, const float *params, const int3
             for (int64_t t = 0; t < plane; ++t)
                 for (int64_t ch = 0; ch < 3; ++ch) pixels[ch * plane + t] = (float)src[3 * t + ch];
         }
-        for (; o < n_ops; ++o) {
-            switch (ops[o]) {
-            case OP_CROP: {
+        uint8_t *dst = out + k * plane * 3;
+        int stored = 0, means_ready = 0;
+        float mean[3];
+        while (o < n_ops) {
+            if (ops[o] == OP_CROP) {
                 crop(pixels, NULL, spare, p, h, w, left, frac, row, avx512);
                 float *swap = pixels; pixels = spare; spare = swap;
-                break;
+                ++o;
+                continue;
             }
-            case OP_BRIGHTNESS: brightness(pixels, 3 * plane, p[BRIGHTNESS]); break;
-            case OP_CONTRAST: contrast(pixels, plane, p[CONTRAST]); break;
-            case OP_SATURATION: saturation(pixels, plane, p[SATURATION]); break;
-            case OP_HUE: saturation_hue(pixels, plane, 1.0f, p[HUE]); break;
-            case OP_SATURATION_HUE: saturation_hue(pixels, plane, p[SATURATION], p[HUE]); break;
-            default: break;
+            if (ops[o] == OP_CONTRAST && !means_ready) {  /* no earlier pass summed them */
+                ChannelSums sums = {{{0.0f}}};
+                sum_blocks(&sums, pixels, plane, 0, plane);
+                channel_means(&sums, pixels, plane, mean);
             }
+            /* One pass, tile by tile, through the colour ops up to the next crop or contrast;
+             * it sums the next contrast's means or, after the last op, stores the levels. */
+            int64_t end = o + 1;
+            while (end < n_ops && ops[end] != OP_CROP && ops[end] != OP_CONTRAST) ++end;
+            const int sum_next = end < n_ops && ops[end] == OP_CONTRAST;
+            stored = end == n_ops;
+            ChannelSums sums = {{{0.0f}}};
+            for (int64_t start = 0; start < plane; start += TILE) {
+                float *x = pixels + start;
+                const int64_t count = min_i64(TILE, plane - start);
+                for (int64_t q = o; q < end; ++q) {
+                    switch (ops[q]) {
+                    case OP_BRIGHTNESS: brightness(x, plane, count, p[BRIGHTNESS]); break;
+                    case OP_CONTRAST: contrast(x, plane, count, p[CONTRAST], mean); break;
+                    case OP_SATURATION: saturation(x, plane, count, p[SATURATION]); break;
+                    case OP_HUE: saturation_hue(x, plane, count, 1.0f, p[HUE]); break;
+                    case OP_SATURATION_HUE:
+                        saturation_hue(x, plane, count, p[SATURATION], p[HUE]);
+                        break;
+                    default: break;
+                    }
+                }
+                if (sum_next) sum_blocks(&sums, pixels, plane, start, count);
+                if (stored) store_levels(x, dst + 3 * start, plane, count, avx512);
+            }
+            if (sum_next) channel_means(&sums, pixels, plane, mean);
+            means_ready = sum_next;
+            o = end;
         }
-        store_levels(pixels, out + k * plane * 3, plane, avx512);
+        if (!stored) store_levels(pixels, dst, plane, plane, avx512);
     }
     free(pixels); free(spare); free(row); free(frac); free(left);
     return 0;

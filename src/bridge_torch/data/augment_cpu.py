@@ -5,7 +5,8 @@ rounding, the interleaved uint8 store), each near 1 ns per value per core: about
 512 images of a batch. ``augment_cpu.c`` applies the same ops in the same order to one image at
 a time, whose float planes stay in the CPU cache, and is called through ``ctypes`` (which
 releases the GIL) on ``torch.get_num_threads()`` threads over slices of the batch. Results equal
-the PyTorch ops' up to float rounding (at most one uint8 level). The kernel is compiled with the
+the PyTorch ops' up to float rounding (at most one uint8 level); on x86-64 CPUs with AVX-512 a
+few loops use explicit vector code with bit-identical results. The kernel is compiled with the
 system C compiler (``$CC``, default ``cc``) into the project's cache (``datasets.cache_root``:
 ``$BRIDGE_TORCH_CACHE`` or ``~/.cache/bridge_torch``) under a name keyed by its source; without a
 compiler the augmenter uses the PyTorch ops (one warning).
