@@ -14,8 +14,9 @@ and goal) with PyTorch ops, eager and compiled (``augment.compile``), on CPU wit
 (``augment.native_cpu``, the CPU default) and on CUDA with the Triton kernel
 (``augment.fused_cuda``), for each observation horizon and device (CUDA when present): the
 median over windows of ``--seconds / 5`` after a warm-up, synchronising the device at every
-window edge. ``--breakdown`` also times CPU augmentation alone, per path (C kernel,
-compiled PyTorch ops) and for growing prefixes of the default op order. It also times opening a
+window edge. ``--breakdown`` also times CPU augmentation alone, per path (the C kernel, the C
+kernel's portable loops where the CPU has AVX-512, compiled PyTorch ops) and for growing
+prefixes of the default op order. It also times opening a
 split from a legacy ``out.npy`` the first time (pack into the cache) and
 again (cache hit), against opening the packed store directly, each in a fresh subprocess that
 reports its own peak RSS. Prints a table; the last line is the results as one JSON object.
@@ -23,6 +24,7 @@ reports its own peak RSS. Prints a table; the last line is the results as one JS
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import json
 import statistics
@@ -35,7 +37,8 @@ import numpy as np
 import torch
 
 from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS
-from bridge_torch.data.augment import AUGMENT_OPS, AugmentConfig, Augmenter
+from bridge_torch.data import augment_cpu
+from bridge_torch.data.augment import AUGMENT_OPS, AugmentConfig, Augmenter, kernel_ops
 from bridge_torch.data.datasets import open_split
 from bridge_torch.data.legacy import save_out_npy
 from bridge_torch.data.sampler import SamplerConfig, TrainingData, TransitionSampler
@@ -147,23 +150,38 @@ def measure_sampling(store_paths: list[Path], args: argparse.Namespace) -> list[
 def measure_breakdown(args: argparse.Namespace) -> list[dict]:
     """CPU augmentation alone (one batch's observation frames and goals, no sampling) per path,
     for growing prefixes of the default op order and for the colour ops without the crop: where
-    the time goes."""
+    the time goes. The C kernel is called directly, with and without its AVX-512 loops, on the
+    same per-image parameters; the PyTorch ops through the ``Augmenter``."""
     generator = torch.Generator().manual_seed(0)
     size, n = args.image_size, args.batch_size
     frames = torch.randint(0, 256, (2 * n, size, size, 3), dtype=torch.uint8, generator=generator)
     batch = {OBSERVATIONS: {IMAGE: frames[:n, None]}, GOALS: {IMAGE: frames[n:]}}
+    params = Augmenter(AugmentConfig(), seed=0).draw(2 * n)
+    kernel = augment_cpu.load_kernel()
+
+    def c_kernel(order: list[str], allow_avx512: bool) -> Callable[[], torch.Tensor]:
+        codes = augment_cpu.op_codes(kernel_ops(order))
+        return functools.partial(augment_cpu.augment, frames, params, codes, kernel,
+                                 allow_avx512=allow_avx512)
+
+    def pytorch_compiled(order: list[str]) -> Callable[[], dict]:
+        augmenter = Augmenter(AugmentConfig(order=order, native_cpu=False, compile=True), seed=0)
+        return functools.partial(augmenter, batch)
+
+    paths = {"C kernel": functools.partial(c_kernel, allow_avx512=True),
+             "C kernel, portable": functools.partial(c_kernel, allow_avx512=False),
+             "PyTorch compiled": pytorch_compiled}
     default = list(AUGMENT_OPS)
     orders = [default[:k] for k in range(len(default) + 1)] + [default[1:]]
-    paths = {"C kernel": {"native_cpu": True},
-             "PyTorch compiled": {"native_cpu": False, "compile": True}}
     results = []
-    for path, options in paths.items():
+    for path, make_step in paths.items():
+        if kernel is None and path.startswith("C kernel"):
+            continue
         for order in orders:
-            augmenter = Augmenter(AugmentConfig(order=order, **options), seed=0)
-            rate = throughput(lambda a=augmenter: a(batch), n, args.seconds, torch.device("cpu"))
+            rate = throughput(make_step(order), n, args.seconds, torch.device("cpu"))
             ms = 1000 * n / rate
             results.append({"path": path, "order": order, "ms_per_batch": round(ms, 2)})
-            print(f"{path:17s} {'+'.join(order) or '(none)':38s} {ms:8.2f} ms per "
+            print(f"{path:18s} {'+'.join(order) or '(none)':38s} {ms:8.2f} ms per "
                   f"{2 * n} images", flush=True)
     return results
 

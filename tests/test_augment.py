@@ -155,6 +155,21 @@ def test_saturation_then_hue_is_fused_and_order_respected():
     assert augment._plan(["crop", "saturation", "hue"]) == ["crop", ("saturation_hue",)]
     assert augment._plan(["hue", "contrast", "saturation"]) == [("hue", "contrast", "saturation")]
     assert augment._plan(["brightness", "crop", "hue"]) == [("brightness",), "crop", ("hue",)]
+    assert augment.kernel_ops(["hue", "saturation", "crop", "contrast"]) == [
+        "saturation_hue", "crop", "contrast"]
+
+
+def test_drawn_parameters_follow_the_config_and_the_seed():
+    cfg = AugmentConfig(crop_scale=[0.5, 0.6], brightness=0.1, hue=0.05)
+    params = Augmenter(cfg, seed=1).draw(4000)
+    assert params.shape == (4000, augment.NUM_PARAMS) and params.dtype == torch.float32
+    area = params[:, augment.HEIGHT] * params[:, augment.WIDTH]
+    assert area.min() >= 0.5 - 1e-5 and area.max() <= 0.6 + 1e-5
+    assert (params[:, augment.TOP] + params[:, augment.HEIGHT] <= 1 + 1e-6).all()
+    assert params[:, augment.BRIGHTNESS].abs().max() <= 0.1
+    assert params[:, augment.HUE].abs().max() <= 0.05
+    assert torch.equal(params, Augmenter(cfg, seed=1).draw(4000))
+    assert not torch.equal(params, Augmenter(cfg, seed=2).draw(4000))
 
 
 def test_identity_when_ranges_are_degenerate():

@@ -83,6 +83,7 @@ def test_inference_and_data_benches_report_json() -> None:
                      "--traj-length", "8", "--stores", "2", "--breakdown")
     breakdown = {(r["path"], "+".join(r["order"])): r["ms_per_batch"] for r in data["breakdown"]}
     assert ("C kernel", "crop+brightness+contrast+saturation+hue") in breakdown
+    assert ("C kernel, portable", "crop") in breakdown
     assert ("PyTorch compiled", "") in breakdown and all(ms > 0 for ms in breakdown.values())
     assert {r["what"] for r in data["sampling"]} == {
         "sample+gather", "sample+gather, frames on host", "+ augment, PyTorch eager",

@@ -108,8 +108,7 @@ class Augmenter:
         """
         self.cfg, self.seed = cfg, seed
         self._plan = _plan(cfg.order)
-        self._ops = [op for segment in self._plan for op in (
-            [segment] if segment == "crop" else segment)]
+        self._ops = kernel_ops(cfg.order)
         self._op_codes = augment_cpu.op_codes(self._ops)
         self._compiled: tuple[Callable, Callable] | None = None  # built when first needed
         self._generator = torch.Generator()
@@ -123,13 +122,13 @@ class Augmenter:
         observations = dict(batch[OBSERVATIONS])
         obs_images = observations[IMAGE]  # (B, K, H, W, 3) uint8
         batch_size, window = obs_images.shape[:2]
-        params = self._draw(batch_size, obs_images.device)  # (B, NUM_PARAMS)
+        params = self.draw(batch_size, obs_images.device)  # (B, NUM_PARAMS)
         images = [obs_images.reshape(batch_size * window, *obs_images.shape[2:])]
         per_image = [params.repeat_interleave(window, dim=0)]  # every frame: its sample's
         if GOALS in batch:
             images.append(batch[GOALS][IMAGE])
             different = self.cfg.augment_next_obs_goal_differently
-            per_image.append(self._draw(batch_size, obs_images.device) if different else params)
+            per_image.append(self.draw(batch_size, obs_images.device) if different else params)
         kernel = self._whole_augmentation_kernel(obs_images)
         if kernel is not None:  # one kernel per image group: no concatenated copy of the batch
             augmented = [kernel(x, p) for x, p in zip(images, per_image, strict=True)]
@@ -189,8 +188,9 @@ class Augmenter:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._generator.set_state(torch.as_tensor(state["generator"], dtype=torch.uint8).cpu())
 
-    def _draw(self, batch_size: int, device: torch.device) -> torch.Tensor:
-        """Independent parameters per sample, as float32 (B, NUM_PARAMS) on ``device``.
+    def draw(self, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Independent parameters per sample, as float32 (B, NUM_PARAMS) on ``device`` (columns
+        TOP ... HUE); advances the augmenter's generator.
 
         All columns are drawn whatever the order, so the stream does not depend on the config.
         """
@@ -209,7 +209,7 @@ class Augmenter:
             _lerp(cfg.saturation, u[:, 6]),
             _lerp([-cfg.hue, cfg.hue], u[:, 7]),
         ], dim=1).to(torch.float32)
-        return to_device(params, device)
+        return to_device(params, torch.device(device))
 
 
 @functools.cache
@@ -220,6 +220,12 @@ def _warn_no_triton() -> None:
 
 def _lerp(bounds: list[float], u: torch.Tensor) -> torch.Tensor:
     return bounds[0] + (bounds[1] - bounds[0]) * u
+
+
+def kernel_ops(order: list[str]) -> list[str]:
+    """The op sequence the whole-augmentation kernels (C, Triton) run for ``order``: adjacent
+    saturation and hue fused into ``"saturation_hue"``."""
+    return [op for segment in _plan(order) for op in ([segment] if segment == "crop" else segment)]
 
 
 def _plan(order: list[str]) -> list[str | tuple[str, ...]]:
