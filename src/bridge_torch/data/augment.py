@@ -63,7 +63,7 @@ class AugmentConfig:
     hue: float = 0.1  # hue shift ~ U[-d, d] in turns of the hue circle, d <= 0.5 (JAX 0.1)
     augment_next_obs_goal_differently: bool = False  # goal draws its own parameters (JAX False)
     # CPU batches through the C kernel of augment_cpu.c (compiled on first use; PyTorch ops if
-    # no C compiler is found): the same ops, one image at a time in cache, ~2.8x faster
+    # no C compiler is found): the same ops, one image at a time in cache, 3-5x faster
     native_cpu: bool = True
     # torch.compile the PyTorch path's colour ops and uint8 store (CUDA, or CPU without the
     # native kernel); the first batch compiles (~10-30 s). None = on for CUDA batches (1.7x
