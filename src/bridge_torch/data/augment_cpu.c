@@ -102,9 +102,7 @@ static int64_t resample_row_avx512(const float *restrict row, const int32_t *res
     }
     return j;
 }
-#endif
 
-#ifdef AVX512_PATHS
 /* The crop's vertical pass from uint8 rows for 16 values at a time (GCC's own vector loop widens
  * bytes in several steps at half the width). Returns the values done. */
 __attribute__((target("avx512f")))
