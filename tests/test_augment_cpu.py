@@ -1,6 +1,8 @@
 """The C kernel for CPU augmentation (data/augment_cpu.c) against the PyTorch ops it replaces."""
 
 import logging
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -87,6 +89,25 @@ def test_avx512_paths_equal_the_portable_loops_bit_for_bit(order: list[str]) -> 
     vector = augment_cpu.augment(images, params, codes, kernel)
     portable = augment_cpu.augment(images, params, codes, kernel, allow_avx512=False)
     assert torch.equal(vector, portable)
+
+
+def test_kernel_is_clean_under_the_address_and_undefined_behaviour_sanitizers(tmp_path) -> None:
+    """Many image sizes, crop boxes and op orders through the kernel built with ASan and UBSan
+    (tests/augment_cpu_sanitized.c); with AVX-512, also its vector loops against the portable
+    ones."""
+    driver = tmp_path / "augment_cpu_sanitized"
+    build = subprocess.run(
+        [os.environ.get("CC", "cc"), "-O1", "-g", "-std=c11", "-fno-math-errno",
+         "-fno-trapping-math", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+         f"-I{augment_cpu.SOURCE.parent}", "-o", str(driver),
+         str(Path(__file__).with_name("augment_cpu_sanitized.c")), "-lm"],
+        capture_output=True, text=True, timeout=120)
+    if build.returncode != 0 and "sanitize" in build.stderr:
+        pytest.skip(f"the C compiler cannot build with sanitizers: {build.stderr[-300:]}")
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run([str(driver)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip() == "1872 cases, 0 differences"
 
 
 def test_kernel_results_do_not_depend_on_the_thread_count() -> None:
