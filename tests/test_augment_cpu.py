@@ -156,6 +156,13 @@ def test_the_kernel_is_built_once_into_its_cache(monkeypatch, tmp_path) -> None:
         augment_cpu.load_kernel.cache_clear()
 
 
+def test_an_empty_batch_gives_an_empty_batch() -> None:
+    empty = torch.zeros((0, 8, 8, 3), dtype=torch.uint8)
+    out = augment_cpu.augment(empty, torch.zeros(0, NUM_PARAMS), augment_cpu.op_codes(["crop"]),
+                              augment_cpu.load_kernel())
+    assert out.shape == (0, 8, 8, 3) and out.dtype == torch.uint8
+
+
 def test_bad_inputs_are_refused_before_the_kernel_runs() -> None:
     kernel = augment_cpu.load_kernel()
     assert augment_cpu.PARAMS_PER_IMAGE == NUM_PARAMS

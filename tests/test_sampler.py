@@ -26,7 +26,7 @@ from bridge_torch.data.sampler import (
     iterate_validation,
 )
 from bridge_torch.data.store import Trajectory, open_store, write_store
-from bridge_torch.data.training_data import DEVICE_MEMORY_FRACTION
+from bridge_torch.data.training_data import DEVICE_MEMORY_FRACTION, FrameSource
 
 SIZE = 4  # frame side in pixels: tiny, the pixel values carry the information
 
@@ -352,6 +352,23 @@ def test_host_storage_matches_device_storage(tmp_path):
     for key in (IMAGE, SALIENCY, SALIENCY_MASK):
         assert torch.equal(results[0][OBSERVATIONS][key], results[1][OBSERVATIONS][key])
     assert torch.equal(results[0][GOALS][IMAGE], results[1][GOALS][IMAGE])
+
+
+def test_host_gather_from_several_stores(tmp_path):
+    rng = np.random.default_rng(0)
+    first = rng.integers(0, 256, (10, 2, 3), np.uint8)
+    last = rng.integers(0, 256, (7, 2, 3), np.uint8)
+    np.save(tmp_path / "last.npy", last)
+    parts = [first, None, np.load(tmp_path / "last.npy", mmap_mode="r")]  # None: 5 zero rows
+    source = FrameSource(parts, [10, 5, 7], (2, 3), np.dtype(np.uint8))
+    everything = np.concatenate([first, np.zeros((5, 2, 3), np.uint8), last])
+    for wanted in (rng.integers(0, 22, (5, 40)),  # every store
+                   rng.integers(17, 22, 30),  # one store
+                   rng.integers(10, 15, 10),  # the store without rows: zeros
+                   np.zeros(0, np.int64)):  # an empty batch
+        got = source.gather(torch.from_numpy(wanted))
+        assert got.shape == (*wanted.shape, 2, 3)
+        assert np.array_equal(got.numpy(), everything[wanted])
 
 
 def test_auto_storage_places_frames_and_saliency_together(tmp_path, monkeypatch):

@@ -90,6 +90,8 @@ def augment(images: torch.Tensor, params: torch.Tensor, codes: torch.Tensor,
     params = params.to(torch.float32).contiguous()
     n, height, width, _ = images.shape
     out = torch.empty_like(images)
+    if n == 0:
+        return out
     threads = max(1, min(torch.get_num_threads(), n))
     bounds = [n * t // threads for t in range(threads + 1)]
 

@@ -108,6 +108,8 @@ class FrameSource:
         several times numpy's)."""
         out = torch.empty((wanted.size, *self.row_shape), dtype=self.dtype, pin_memory=self._pin)
         out_np = out.numpy()
+        if wanted.size == 0:
+            return out
         part_of = np.searchsorted(self._ends, wanted, side="right")
         order = np.argsort(part_of, kind="stable")
         part_ids, firsts = np.unique(part_of[order], return_index=True)
