@@ -62,13 +62,15 @@ static inline int64_t neighbour(float position, int64_t size, float *weight) {
     return low;
 }
 
-static int cpu_has_avx512(void) {
+/* x86-64: whether the CPU has AVX-512, and the pixels a vector helper did (the portable loop
+ * does the rest); elsewhere neither the check nor the helpers are compiled. */
 #ifdef AVX512_PATHS
-    return __builtin_cpu_supports("avx512f");
+#define CPU_HAS_AVX512() __builtin_cpu_supports("avx512f")
+#define AVX512_DONE(avx512, call) ((avx512) ? (call) : 0)
 #else
-    return 0;
+#define CPU_HAS_AVX512() 0
+#define AVX512_DONE(avx512, call) ((void)(avx512), (int64_t)0)
 #endif
-}
 
 #ifdef AVX512_PATHS
 /* resample_row for 16 outputs at a time while their sources lie within 64 floats of the first
@@ -124,12 +126,7 @@ static int64_t lerp_rows_u8_avx512(const uint8_t *restrict top, const uint8_t *r
 /* out[x] = lerp(top[x], bottom[x], weight) for two rows of uint8 values. */
 static inline void lerp_rows_u8(const uint8_t *restrict top, const uint8_t *restrict bottom,
                                 float weight, float *restrict out, int64_t count, int avx512) {
-    int64_t x = 0;
-#ifdef AVX512_PATHS
-    if (avx512) x = lerp_rows_u8_avx512(top, bottom, weight, out, count);
-#else
-    (void)avx512;
-#endif
+    int64_t x = AVX512_DONE(avx512, lerp_rows_u8_avx512(top, bottom, weight, out, count));
     for (; x < count; ++x)
         out[x] = (float)top[x] + weight * ((float)bottom[x] - (float)top[x]);
 }
@@ -139,12 +136,7 @@ static inline void lerp_rows_u8(const uint8_t *restrict top, const uint8_t *rest
 static inline void resample_row(const float *restrict row, const int32_t *restrict left,
                                 const float *restrict frac, int64_t next, float *restrict out,
                                 int64_t w, int avx512) {
-    int64_t j = 0;
-#ifdef AVX512_PATHS
-    if (avx512) j = resample_row_avx512(row, left, frac, next, out, w);
-#else
-    (void)avx512;
-#endif
+    int64_t j = AVX512_DONE(avx512, resample_row_avx512(row, left, frac, next, out, w));
     for (; j < w; ++j) {
         const float a = row[left[j]], b = row[left[j] + next];
         out[j] = a + frac[j] * (b - a);
@@ -313,12 +305,7 @@ static int64_t store_levels_avx512(const float *restrict pixels, uint8_t *restri
  * even. */
 static void store_levels(const float *restrict pixels, uint8_t *restrict dst, int64_t plane,
                          int64_t count, int avx512) {
-    int64_t t = 0;
-#ifdef AVX512_PATHS
-    if (avx512) t = store_levels_avx512(pixels, dst, plane, count);
-#else
-    (void)avx512;
-#endif
+    int64_t t = AVX512_DONE(avx512, store_levels_avx512(pixels, dst, plane, count));
     for (; t < count; ++t)
         for (int64_t ch = 0; ch < 3; ++ch)
             dst[3 * t + ch] = (uint8_t)nearbyintf(clip(pixels[ch * plane + t]));
@@ -331,7 +318,7 @@ MULTIVERSION
 int augment(const uint8_t *images, uint8_t *out, const float *params, const int32_t *ops,
             int64_t n_ops, int64_t n, int64_t h, int64_t w, int32_t allow_avx512) {
     const int64_t plane = h * w;
-    const int avx512 = allow_avx512 && cpu_has_avx512();
+    const int avx512 = allow_avx512 && CPU_HAS_AVX512();
     float *pixels = malloc(sizeof(float) * 3 * plane);
     float *spare = malloc(sizeof(float) * 3 * plane);
     float *row = malloc(sizeof(float) * (3 * w + OVERREAD));
@@ -353,7 +340,6 @@ int augment(const uint8_t *images, uint8_t *out, const float *params, const int3
                 for (int64_t ch = 0; ch < 3; ++ch) pixels[ch * plane + t] = (float)src[3 * t + ch];
         }
         uint8_t *dst = out + k * plane * 3;
-        int stored = 0, means_ready = 0;
         float mean[3];
         while (o < n_ops) {
             if (ops[o] == OP_CROP) {
@@ -362,7 +348,8 @@ int augment(const uint8_t *images, uint8_t *out, const float *params, const int3
                 ++o;
                 continue;
             }
-            if (ops[o] == OP_CONTRAST && !means_ready) {  /* no earlier pass summed them */
+            /* a contrast right after a colour op has its means from that op's pass */
+            if (ops[o] == OP_CONTRAST && (o == 0 || ops[o - 1] == OP_CROP)) {
                 ChannelSums sums = {{{0.0f}}};
                 sum_blocks(&sums, pixels, plane, 0, plane);
                 channel_means(&sums, pixels, plane, mean);
@@ -372,7 +359,7 @@ int augment(const uint8_t *images, uint8_t *out, const float *params, const int3
             int64_t end = o + 1;
             while (end < n_ops && ops[end] != OP_CROP && ops[end] != OP_CONTRAST) ++end;
             const int sum_next = end < n_ops && ops[end] == OP_CONTRAST;
-            stored = end == n_ops;
+            const int store = end == n_ops;
             ChannelSums sums = {{{0.0f}}};
             for (int64_t start = 0; start < plane; start += TILE) {
                 float *x = pixels + start;
@@ -390,13 +377,14 @@ int augment(const uint8_t *images, uint8_t *out, const float *params, const int3
                     }
                 }
                 if (sum_next) sum_blocks(&sums, pixels, plane, start, count);
-                if (stored) store_levels(x, dst + 3 * start, plane, count, avx512);
+                if (store) store_levels(x, dst + 3 * start, plane, count, avx512);
             }
             if (sum_next) channel_means(&sums, pixels, plane, mean);
-            means_ready = sum_next;
             o = end;
         }
-        if (!stored) store_levels(pixels, dst, plane, plane, avx512);
+        /* no colour op last (a crop, or no op): no pass stored the levels */
+        if (n_ops == 0 || ops[n_ops - 1] == OP_CROP)
+            store_levels(pixels, dst, plane, plane, avx512);
     }
     free(pixels); free(spare); free(row); free(frac); free(left);
     return 0;
