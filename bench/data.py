@@ -37,11 +37,11 @@ import numpy as np
 import torch
 
 from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS
-from bridge_torch.data import augment_cpu
-from bridge_torch.data.augment import AUGMENT_OPS, AugmentConfig, Augmenter, kernel_ops
+from bridge_torch.data.augment import cpu_kernel as augment_cpu
+from bridge_torch.data.augment.augmenter import AUGMENT_OPS, AugmentConfig, Augmenter, kernel_ops
 from bridge_torch.data.datasets import open_split
-from bridge_torch.data.legacy import save_out_npy
 from bridge_torch.data.sampler import SamplerConfig, TrainingData, TransitionSampler
+from bridge_torch.data.sources.legacy_numpy import save_out_npy
 from bridge_torch.data.store import open_store, write_store
 from bridge_torch.triton_support import kernels_run_on
 from common import emit, peak_rss_mib, run_child, synchronize, synthetic_trajectories

@@ -22,8 +22,8 @@ import torch
 
 from bridge_torch.agents import build_agent
 from bridge_torch.batch import IMAGE
-from bridge_torch.config import compose_config
-from bridge_torch.graphed import GraphedSampler
+from bridge_torch.deploy.graphed import GraphedSampler
+from bridge_torch.train.config import compose_config
 from common import agent_parser, emit, environment, peak_memory_mib, sweep, synchronize
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--cuda-graphs", action="store_true",
-                        help="replay sample_actions from CUDA graphs (bridge_torch.graphed)")
+                        help="replay sample_actions from CUDA graphs (bridge_torch.deploy.graphed)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--child", nargs=2, metavar=("ALGO", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge_torch.data.convert import ConvertOptions, convert
-from bridge_torch.data.synthetic import generate_raw_dataset
+from bridge_torch.data.sources.convert import ConvertOptions, convert
+from bridge_torch.data.sources.synthetic import generate_raw_dataset
 
 FIXTURE_IM_SIZE = 32  # side of the converted frames of ``converted_tree``
 

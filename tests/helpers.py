@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bridge_torch import checkpoint
 from bridge_torch.agents import build_agent, count_parameters
-from bridge_torch.config import compose_config, to_container
-from bridge_torch.training_state import write_run_files
+from bridge_torch.train import checkpoint
+from bridge_torch.train.config import compose_config, to_container
+from bridge_torch.train.state import write_run_files
 from bridge_torch.triton_support import TRITON_INTERPRET, triton
 
 # Triton's real compiler runs without a GPU (it ships LLVM and ptxas); the interpreter replaces it

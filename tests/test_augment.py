@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS, SALIENCY, SALIENCY_MASK
-from bridge_torch.data import augment
-from bridge_torch.data.augment import AugmentConfig, Augmenter
-from bridge_torch.data.color import adjust_saturation, adjust_saturation_hue
+from bridge_torch.data.augment import augmenter as augment
+from bridge_torch.data.augment.augmenter import AugmentConfig, Augmenter
+from bridge_torch.data.augment.color import adjust_saturation, adjust_saturation_hue
 
 SIZE = 16
 IDENTITY = {"crop_scale": [1.0, 1.0], "crop_ratio": [1.0, 1.0], "brightness": 0.0,

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS
-from bridge_torch.data import augment_cpu
-from bridge_torch.data.augment import (
+from bridge_torch.data.augment import cpu_kernel as augment_cpu
+from bridge_torch.data.augment.augmenter import (
     BRIGHTNESS,
     CONTRAST,
     HEIGHT,

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS, SALIENCY, SALIENCY_MASK
-from bridge_torch.data import augment, augment_cuda
-from bridge_torch.data.augment import NUM_PARAMS, AugmentConfig, Augmenter
-from bridge_torch.data.augment_cpu import OP_CODES
+from bridge_torch.data.augment import augmenter as augment
+from bridge_torch.data.augment import triton_kernel as augment_cuda
+from bridge_torch.data.augment.augmenter import NUM_PARAMS, AugmentConfig, Augmenter
+from bridge_torch.data.augment.cpu_kernel import OP_CODES
 from helpers import NEEDS_TRITON_COMPILER, TRITON_DEVICES, compile_for_hopper
 from test_augment_cpu import ORDERS, STRONG, batch
 

@@ -23,23 +23,23 @@ import yaml
 from hydra.errors import ConfigCompositionException
 from PIL import Image
 
-from bridge_torch import checkpoint
-from bridge_torch.config import compose_config, load_config, to_yaml
-from bridge_torch.data import raw as raw_format
-from bridge_torch.data.convert import (
+from bridge_torch.data.datasets import open_split, open_sub_datasets
+from bridge_torch.data.sources import bridge_raw as raw_format
+from bridge_torch.data.sources.convert import (
     SPLITS,
     TEMP_PREFIXES,
     CollectionReport,
     ConvertOptions,
     convert,
 )
-from bridge_torch.data.datasets import open_split, open_sub_datasets
-from bridge_torch.data.legacy import load_out_npy, save_out_npy
+from bridge_torch.data.sources.legacy_numpy import load_out_npy, save_out_npy
+from bridge_torch.data.sources.synthetic import generate_raw_dataset
 from bridge_torch.data.store import open_store
-from bridge_torch.data.synthetic import generate_raw_dataset
-from bridge_torch.distributed import DistInfo
-from bridge_torch.evaluate import evaluate_run
-from bridge_torch.training_state import prepare_run_dir
+from bridge_torch.offline_eval import evaluate_run
+from bridge_torch.train import checkpoint
+from bridge_torch.train.config import compose_config, load_config, to_yaml
+from bridge_torch.train.distributed import DistInfo
+from bridge_torch.train.state import prepare_run_dir
 from helpers import make_run
 
 SIZE = 16  # converted frame side of the converter cases
@@ -236,7 +236,7 @@ def test_bad_trajectory_is_skipped_counted_and_logged(case: str, raw: Path, tmp_
     breaker, reason = SKIPPED[case]
     bad = traj_dirs(raw)[1]
     detail = breaker(bad)
-    with caplog.at_level(logging.WARNING, logger="bridge_torch.data.convert"):
+    with caplog.at_level(logging.WARNING, logger="bridge_torch.data.sources.convert"):
         (report,) = convert_one(raw, tmp_path / "out")
     assert report.status == "converted" and report.num_train == TRAJS - 1
     assert report.skipped_trajectories == {reason: 1}
@@ -281,7 +281,7 @@ def test_bad_dated_folder_is_skipped_counted_and_logged(entry: str, reason: str,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     collection = traj_dirs(raw)[0].parents[3]
     (collection / entry).mkdir() if "." not in entry else (collection / entry).write_text("x")
-    with caplog.at_level(logging.WARNING, logger="bridge_torch.data.convert"):
+    with caplog.at_level(logging.WARNING, logger="bridge_torch.data.sources.convert"):
         (report,) = convert_one(raw, tmp_path / "out")
     assert report.skipped_folders == {reason: 1} and report.num_train == TRAJS
     assert report.examples == {reason: str(collection / entry)} and detail in caplog.text
@@ -293,7 +293,7 @@ def test_empty_task_writes_nothing(raw: Path, tmp_path: Path,
     collection = traj_dirs(raw)[0].parents[3]
     empty = collection.parent.parent / "empty_task" / "00"
     empty.mkdir(parents=True)
-    with caplog.at_level(logging.WARNING, logger="bridge_torch.data.convert"):
+    with caplog.at_level(logging.WARNING, logger="bridge_torch.data.sources.convert"):
         reports = convert_one(raw, tmp_path / "out")
     assert [(Path(r.collection).parent.name, r.status) for r in reports] == [
         ("empty_task", "no output"), (collection.parent.name, "converted")]
@@ -310,7 +310,7 @@ def test_split_without_val_trajectories_writes_train_only(raw: Path, tmp_path: P
     val_store = open_store(next((tmp_path / "first").rglob("val/packed")))
     for source in val_store.trajectory_sources:  # break both val trajectories
         (Path(source) / "obs_dict.pkl").unlink()
-    with caplog.at_level(logging.WARNING, logger="bridge_torch.data.convert"):
+    with caplog.at_level(logging.WARNING, logger="bridge_torch.data.sources.convert"):
         (report,) = convert_one(raw, tmp_path / "out", train_proportion=0.5)
     assert (report.num_train, report.num_val) == (1, 0)
     assert report.skipped_trajectories == {raw_format.MISSING_PICKLE: 2}

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from bridge_torch import checkpoint
+from bridge_torch.train import checkpoint
 from helpers import make_run
 
 
@@ -72,7 +72,7 @@ def test_killed_save_leaves_previous_checkpoint_usable(tmp_path):
     script = textwrap.dedent(
         f"""
         import sys, time, torch
-        from bridge_torch import checkpoint
+        from bridge_torch.train import checkpoint
         path = checkpoint.checkpoint_path({str(tmp_path)!r}, 1)
         state = {{"step": 1, "config": {{}}, "stats": {{}}, "agent_shapes": {{}},
                   "model": {{"w": torch.ones(3)}}, "ema": None}}

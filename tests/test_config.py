@@ -8,7 +8,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from bridge_torch.config import (
+from bridge_torch.train.config import (
     BridgeDataConfig,
     TrainConfig,
     compose_config,

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bridge_torch.data import convert as convert_module
-from bridge_torch.data import raw as raw_format
-from bridge_torch.data.convert import ConvertOptions, convert, main
-from bridge_torch.data.legacy import load_out_npy
+from bridge_torch.data.sources import bridge_raw as raw_format
+from bridge_torch.data.sources import convert as convert_module
+from bridge_torch.data.sources.convert import ConvertOptions, convert, main
+from bridge_torch.data.sources.legacy_numpy import load_out_npy
+from bridge_torch.data.sources.synthetic import generate_raw_dataset
 from bridge_torch.data.store import open_store
-from bridge_torch.data.synthetic import generate_raw_dataset
 
 SIZE = 16
 
@@ -360,7 +360,7 @@ def test_parallel_workers_give_identical_output(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_cli_subprocess(tmp_path: Path) -> None:
     raw = _tree(tmp_path, trajs_per_date=2)
-    run = subprocess.run([sys.executable, "-m", "bridge_torch.data.convert", "--input-path",
+    run = subprocess.run([sys.executable, "-m", "bridge_torch.data.sources.convert", "--input-path",
                           str(raw), "--output-path", str(tmp_path / "out"), "--im-size", "16",
                           "--num-workers", "1", "--format", "packed"],
                          capture_output=True, text=True, timeout=300)

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from bridge_torch.data import datasets, legacy
+from bridge_torch.data import datasets
 from bridge_torch.data.actions import compute_statistics, relabel_actions
 from bridge_torch.data.datasets import (
     ALL_LOCAL_INCLUDE,
@@ -15,6 +15,7 @@ from bridge_torch.data.datasets import (
     resolve_task_dirs,
     training_statistics,
 )
+from bridge_torch.data.sources import legacy_numpy as legacy
 from bridge_torch.data.store import Trajectory, write_store
 
 SIZE = 6

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from bridge_torch.ema import EMA
+from bridge_torch.train.ema import EMA
 
 
 class Net(nn.Module):

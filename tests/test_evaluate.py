@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bridge_torch.evaluate import evaluate_run, format_table, main, statistics_mismatch
+from bridge_torch.offline_eval import evaluate_run, format_table, main, statistics_mismatch
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_statistics_mismatch_names_the_keys() -> None:
 @pytest.mark.slow
 def test_other_data_is_refused_unless_allowed(bc_run: Path, raw_tree: Path,
                                               tmp_path: Path) -> None:
-    from bridge_torch.data.convert import ConvertOptions, convert
+    from bridge_torch.data.sources.convert import ConvertOptions, convert
 
     other = tmp_path / "other"
     convert(ConvertOptions(raw_tree, other, im_size=32, train_proportion=0.5, seed=7,

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bridge_torch import checkpoint
-from bridge_torch.data.convert import ConvertOptions, convert
-from bridge_torch.data.synthetic import generate_raw_dataset
-from bridge_torch.run_logging import read_metrics
+from bridge_torch.data.sources.convert import ConvertOptions, convert
+from bridge_torch.data.sources.synthetic import generate_raw_dataset
+from bridge_torch.train import checkpoint
+from bridge_torch.train.metrics_log import read_metrics
 from helpers import free_port
 
 pytestmark = pytest.mark.slow
@@ -95,7 +95,7 @@ def test_sigkill_at_a_random_step_then_resume_continues_exactly(converted_tree: 
 
 FULL_DISK = textwrap.dedent("""
     import resource, signal, sys, torch
-    from bridge_torch import checkpoint
+    from bridge_torch.train import checkpoint
     state = {"step": 1, "config": {}, "stats": {}, "agent_shapes": {},
              "model": {"w": torch.ones(3)}, "ema": None}
     checkpoint.save(checkpoint.checkpoint_path(sys.argv[1], 1), state)
@@ -122,7 +122,7 @@ def test_full_disk_during_checkpoint_write_fails_clearly_and_keeps_the_previous(
 KILL_THIRD_OUT_NPY = textwrap.dedent("""
     import os, signal, sys
     import numpy as np
-    from bridge_torch.data import convert
+    from bridge_torch.data.sources import convert
     real_save, out_npy_writes = np.save, []
 
     def save(file, array, allow_pickle=True):
@@ -165,7 +165,7 @@ def test_converter_killed_mid_write_then_rerun_equals_an_uninterrupted_run(tmp_p
 
 DIE_AT_STEP_3 = textwrap.dedent("""
     import os, sys
-    from bridge_torch import train
+    from bridge_torch.train import loop as train
     real_step, steps = train.train_step, []
 
     def train_step(*args, **kwargs):

@@ -1,10 +1,10 @@
-"""CUDA-graph replay of ``sample_actions`` (bridge_torch.graphed) gives the eager call's actions."""
+"""CUDA-graph replay of ``sample_actions`` (deploy/graphed.py) gives the eager call's actions."""
 
 import pytest
 import torch
 
 from bridge_torch.agents import AgentConfig, build_agent
-from bridge_torch.graphed import GraphedSampler
+from bridge_torch.deploy.graphed import GraphedSampler
 from bridge_torch.models.resnet import EncoderConfig
 from bridge_torch.models.saliency import SaliencyConfig
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bridge_torch.data import legacy
+from bridge_torch.data.sources import legacy_numpy as legacy
 
 
 def _trajectory(length: int, seed: int, saliency: bool = False) -> dict:
@@ -48,7 +48,7 @@ def test_save_is_np_save_and_round_trips(tmp_path: Path) -> None:
 def test_pickle_warning_once_per_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     for name in ("a.npy", "b.npy"):
         legacy.save_out_npy(tmp_path / name, [_trajectory(2, 0)])
-    with caplog.at_level(logging.WARNING, logger="bridge_torch.data.legacy"):
+    with caplog.at_level(logging.WARNING, logger="bridge_torch.data.sources.legacy_numpy"):
         for name in ("a.npy", "a.npy", "b.npy"):
             legacy.load_out_npy(tmp_path / name)
     warnings = [r.getMessage() for r in caplog.records if "executes pickle" in r.getMessage()]

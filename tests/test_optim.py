@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from bridge_torch.config import OptimizerConfig, SchedulerConfig
-from bridge_torch.optim import build_optimizer, build_scheduler, lr_factor
+from bridge_torch.train.config import OptimizerConfig, SchedulerConfig
+from bridge_torch.train.optim import build_optimizer, build_scheduler, lr_factor
 
 
 def schedule(kind: str, warmup: int, decay: int, steps: int, lr: float = 1.0) -> list[float]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from bridge_torch.policy import BatchedPolicy, Policy, resize_frame
+from bridge_torch.deploy.policy import BatchedPolicy, Policy, resize_frame
 
 STATS = {"actions": {"mean": [1.0] * 7, "std": [2.0] * 7, "min": [0.0] * 7, "max": [1.0] * 7},
          "proprio": {"mean": [0.5] * 7, "std": [0.25] * 7, "min": [0.0] * 7, "max": [1.0] * 7}}

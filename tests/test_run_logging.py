@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from bridge_torch.config import WandbConfig
-from bridge_torch.run_logging import (
+from bridge_torch.train.config import WandbConfig
+from bridge_torch.train.metrics_log import (
     MetricsLogger,
     make_run_id,
     read_metrics,

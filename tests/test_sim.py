@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bridge_torch.config import compose_config
 from bridge_torch.data.actions import relabel_actions
 from bridge_torch.sim.actions import ACTION_SCALE_M, bridge_to_metaworld, metaworld_to_bridge
 from bridge_torch.sim.env import CameraConfig, Episode, import_metaworld
+from bridge_torch.train.config import compose_config
 
 try:
     import_metaworld()

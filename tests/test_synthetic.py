@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bridge_torch.data.raw import LATENCY_CUTOFF, parse_folder_date
-from bridge_torch.data.synthetic import COLORS, MARKER_COLOR, generate_raw_dataset, main
+from bridge_torch.data.sources.bridge_raw import LATENCY_CUTOFF, parse_folder_date
+from bridge_torch.data.sources.synthetic import COLORS, MARKER_COLOR, generate_raw_dataset, main
 
 SMALL = {"num_tasks": 1, "dates_per_task": 1, "trajs_per_date": 2, "min_len": 5, "max_len": 6,
          "image_hw": (48, 64)}

@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 import torch
 
-from bridge_torch import checkpoint
 from bridge_torch.agents import build_agent, count_parameters
-from bridge_torch.config import TrainConfig, compose_config, load_config, to_container
 from bridge_torch.data.datasets import open_split, resolve_task_dirs, training_statistics
 from bridge_torch.data.store import Trajectory, write_store
-from bridge_torch.distributed import DistInfo
-from bridge_torch.run_logging import read_metrics
-from bridge_torch.train import split_batch, train, train_step, wrap_model
-from bridge_torch.training_state import TrainState
+from bridge_torch.train import checkpoint
+from bridge_torch.train.config import TrainConfig, compose_config, load_config, to_container
+from bridge_torch.train.distributed import DistInfo
+from bridge_torch.train.loop import split_batch, train, train_step, wrap_model
+from bridge_torch.train.metrics_log import read_metrics
+from bridge_torch.train.state import TrainState
 
 TINY = [
     "batch_size=8", "val_batch_size=8", "encoder.name=resnetv1-mini-bridge",

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from bridge_torch import validation
-from bridge_torch.distributed import DistInfo
-from bridge_torch.validation import evaluate
+from bridge_torch.train import validation
+from bridge_torch.train.distributed import DistInfo
+from bridge_torch.train.validation import evaluate
 
 
 class Probe(nn.Module):

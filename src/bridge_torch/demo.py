@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from bridge_torch.data.convert import ConvertOptions, convert, format_summary
-from bridge_torch.data.synthetic import generate_raw_dataset
-from bridge_torch.evaluate import evaluate_run, format_table
+from bridge_torch.data.sources.convert import ConvertOptions, convert, format_summary
+from bridge_torch.data.sources.synthetic import generate_raw_dataset
+from bridge_torch.offline_eval import evaluate_run, format_table
 from bridge_torch.plots import line_plot
 
 ALGOS = ("bc", "gc_bc", "gc_ddpm_bc")

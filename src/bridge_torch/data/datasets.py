@@ -24,8 +24,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bridge_torch.data import legacy
 from bridge_torch.data.actions import merge_statistics
+from bridge_torch.data.sources import legacy_numpy as legacy
 from bridge_torch.data.store import (
     META_FILE,
     PackedStore,

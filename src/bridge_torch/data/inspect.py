@@ -28,10 +28,10 @@ import torch
 from PIL import Image
 
 from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS
-from bridge_torch.data import legacy
 from bridge_torch.data.actions import compute_statistics, merge_statistics, relabel_actions
-from bridge_torch.data.augment import AugmentConfig, Augmenter
-from bridge_torch.data.raw import (
+from bridge_torch.data.augment.augmenter import AugmentConfig, Augmenter
+from bridge_torch.data.sources import legacy_numpy as legacy
+from bridge_torch.data.sources.bridge_raw import (
     SALIENCY_FILE,
     SkipTrajectory,
     count_frames,

@@ -78,7 +78,7 @@ def _run_camera(run_dir: Path) -> CameraConfig:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from bridge_torch.sim.evaluate import DEFAULT_EVAL_SEED, SimEvalSettings
+    from bridge_torch.sim.closed_loop import DEFAULT_EVAL_SEED, SimEvalSettings
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -119,8 +119,8 @@ def _collect(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from bridge_torch.policy import BatchedPolicy
-    from bridge_torch.sim.evaluate import SimEvalSettings, evaluate_policy, format_table
+    from bridge_torch.deploy.policy import BatchedPolicy
+    from bridge_torch.sim.closed_loop import SimEvalSettings, evaluate_policy, format_table
 
     checkpoint = int(args.checkpoint) if args.checkpoint and args.checkpoint.isdigit() \
         else args.checkpoint

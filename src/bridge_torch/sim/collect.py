@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
-from bridge_torch.data.convert import ConvertOptions, convert
+from bridge_torch.data.sources.convert import ConvertOptions, convert
 from bridge_torch.sim.actions import metaworld_to_bridge
 from bridge_torch.sim.env import (
     DEFAULT_CAMERA,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bridge_torch.data.raw import LANG_FILE, OBS_FILE, POLICY_FILE
-from bridge_torch.data.raw_files import encode_image, write_pickle
+from bridge_torch.data.sources.bridge_raw import LANG_FILE, OBS_FILE, POLICY_FILE
+from bridge_torch.data.sources.raw_files import encode_image, write_pickle
 
 JPEG_QUALITY = 95  # near-lossless: eval feeds the policy raw renders, training decoded JPEGs
 STEP_SECONDS = 0.2  # nominal time between frames (BridgeData's 5 Hz)

@@ -9,11 +9,11 @@ from typing import Any
 
 from torch import nn
 
-from bridge_torch.config import TrainConfig
-from bridge_torch.policy import BatchedPolicy
+from bridge_torch.deploy.policy import BatchedPolicy
+from bridge_torch.sim.closed_loop import SimEvalSettings, evaluate_policy
 from bridge_torch.sim.collect import recorded_camera
 from bridge_torch.sim.env import CameraConfig, import_metaworld
-from bridge_torch.sim.evaluate import SimEvalSettings, evaluate_policy
+from bridge_torch.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

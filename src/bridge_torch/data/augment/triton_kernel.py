@@ -13,7 +13,7 @@ PyTorch ops' up to float rounding (at most one uint8 level).
 
 import torch
 
-from bridge_torch.data.augment_cpu import OP_CODES, check_batch
+from bridge_torch.data.augment.cpu_kernel import OP_CODES, check_batch
 from bridge_torch.triton_support import tl, triton
 
 # pixels a program handles at a time, and its warps: 2 pixels per thread keep the kernel at 58

@@ -30,8 +30,14 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from bridge_torch.data.raw import LANG_FILE, LATENCY_CUTOFF, OBS_FILE, POLICY_FILE, SALIENCY_FILE
-from bridge_torch.data.raw_files import encode_image, write_pickle
+from bridge_torch.data.sources.bridge_raw import (
+    LANG_FILE,
+    LATENCY_CUTOFF,
+    OBS_FILE,
+    POLICY_FILE,
+    SALIENCY_FILE,
+)
+from bridge_torch.data.sources.raw_files import encode_image, write_pickle
 
 LAB, ENVIRONMENT, COLLECTION = "synthetic_lab", "tabletop", "00"
 WORKSPACE_LOW = np.array([0.15, -0.15, 0.02])  # end-effector x, y, z bounds in metres

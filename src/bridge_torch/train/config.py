@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from bridge_torch.agents import AGENTS
 from bridge_torch.agents.base import AgentConfig
-from bridge_torch.data.augment import AugmentConfig
+from bridge_torch.data.augment.augmenter import AugmentConfig
 from bridge_torch.data.sampler import SamplerConfig
 from bridge_torch.models.resnet import EncoderConfig
 from bridge_torch.models.saliency import SaliencyConfig

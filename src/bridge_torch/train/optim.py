@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import torch
 
-from bridge_torch.config import OptimizerConfig, SchedulerConfig
+from bridge_torch.train.config import OptimizerConfig, SchedulerConfig
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 

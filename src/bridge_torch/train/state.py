@@ -16,12 +16,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from bridge_torch import checkpoint
-from bridge_torch.config import TrainConfig, to_container, to_yaml
-from bridge_torch.distributed import DistInfo, barrier, broadcast_object, gather_objects
-from bridge_torch.ema import EMA
-from bridge_torch.run_data import RunData
-from bridge_torch.run_logging import PROJECT_DIR, make_run_id, write_json_atomic, write_text_atomic
+from bridge_torch.train import checkpoint
+from bridge_torch.train.config import TrainConfig, to_container, to_yaml
+from bridge_torch.train.distributed import DistInfo, barrier, broadcast_object, gather_objects
+from bridge_torch.train.ema import EMA
+from bridge_torch.train.metrics_log import (
+    PROJECT_DIR,
+    make_run_id,
+    write_json_atomic,
+    write_text_atomic,
+)
+from bridge_torch.train.run_data import RunData
 
 log = logging.getLogger(__name__)
 

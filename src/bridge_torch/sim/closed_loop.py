@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from bridge_torch.policy import BatchedPolicy
+from bridge_torch.deploy.policy import BatchedPolicy
 from bridge_torch.sim.actions import bridge_to_metaworld
 from bridge_torch.sim.collect import episode_for, run_expert
 from bridge_torch.sim.env import CameraConfig, Episode, SimEnv, expert_policy

@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS, SALIENCY, SALIENCY_MASK
-from bridge_torch.data import augment_cpu, augment_cuda
-from bridge_torch.data.color import (
+from bridge_torch.data.augment import cpu_kernel as augment_cpu
+from bridge_torch.data.augment import triton_kernel as augment_cuda
+from bridge_torch.data.augment.color import (
     adjust_brightness,
     adjust_contrast,
     adjust_saturation,

@@ -42,8 +42,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from bridge_torch.data.legacy import out_dict_to_trajectory, save_out_npy
-from bridge_torch.data.raw import (
+from bridge_torch.data.sources.bridge_raw import (
     CAMERA_DIR,
     SkipFolder,
     SkipTrajectory,
@@ -52,6 +51,7 @@ from bridge_torch.data.raw import (
     read_dated_folder,
     read_trajectory,
 )
+from bridge_torch.data.sources.legacy_numpy import out_dict_to_trajectory, save_out_npy
 from bridge_torch.data.store import write_json_atomic, write_store
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from bridge_torch.batch import ACTIONS
-from bridge_torch.distributed import DistInfo, gather_objects
+from bridge_torch.train.distributed import DistInfo, gather_objects
 
 
 def evaluate(

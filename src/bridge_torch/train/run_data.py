@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from bridge_torch.config import TrainConfig
 from bridge_torch.data.datasets import open_sub_datasets, training_statistics
 from bridge_torch.data.sampler import TrainingData
+from bridge_torch.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -25,25 +25,25 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from bridge_torch import checkpoint, distributed
 from bridge_torch.agents import build_agent, count_parameters
 from bridge_torch.batch import ACTIONS
-from bridge_torch.config import (
+from bridge_torch.data.augment.augmenter import Augmenter
+from bridge_torch.data.sampler import TransitionSampler, iterate_validation
+from bridge_torch.sim.training import sim_eval_metrics, sim_eval_settings
+from bridge_torch.train import checkpoint, distributed
+from bridge_torch.train.config import (
     AMP_DTYPES,
     TrainConfig,
     register_configs,
     resolve_config,
     to_container,
 )
-from bridge_torch.data.augment import Augmenter
-from bridge_torch.data.sampler import TransitionSampler, iterate_validation
-from bridge_torch.distributed import DistInfo
-from bridge_torch.ema import EMA
-from bridge_torch.optim import build_optimizer, build_scheduler
-from bridge_torch.run_data import RunData, load_run_data
-from bridge_torch.run_logging import LogWindow, MetricsLogger, reduce_log_metrics
-from bridge_torch.sim.training import sim_eval_metrics, sim_eval_settings
-from bridge_torch.training_state import (
+from bridge_torch.train.distributed import DistInfo
+from bridge_torch.train.ema import EMA
+from bridge_torch.train.metrics_log import LogWindow, MetricsLogger, reduce_log_metrics
+from bridge_torch.train.optim import build_optimizer, build_scheduler
+from bridge_torch.train.run_data import RunData, load_run_data
+from bridge_torch.train.state import (
     TrainState,
     prepare_run_dir,
     restore_training_state,
@@ -51,7 +51,7 @@ from bridge_torch.training_state import (
     seed_everything,
     write_run_files,
 )
-from bridge_torch.validation import evaluate
+from bridge_torch.train.validation import evaluate
 
 log = logging.getLogger(__name__)
 # Offsets of seed + rank for each random stream. Two generators seeded alike draw the same
@@ -236,7 +236,7 @@ def wrap_model(
     return model
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://bridge_torch.conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> None:
     """Hydra's job: validate the composed config, train, print the run directory last."""
     config = resolve_config(cfg, list(HydraConfig.get().overrides.task))

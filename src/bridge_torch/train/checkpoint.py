@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from bridge_torch.agents import build_agent
-from bridge_torch.config import TrainConfig, load_config
+from bridge_torch.train.config import TrainConfig, load_config
 
 CHECKPOINT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
 PARTIAL_RE = re.compile(r"^\.ckpt_\d+\.pt\.\d+\.tmp$")  # save()'s temp file while it writes

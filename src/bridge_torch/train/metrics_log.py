@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from bridge_torch.config import WandbConfig
-from bridge_torch.distributed import DistInfo, all_reduce_sum
+from bridge_torch.train.config import WandbConfig
+from bridge_torch.train.distributed import DistInfo, all_reduce_sum
 
 PROJECT_DIR = "bridgedata_torch"  # <save_dir>/bridgedata_torch/<run id>/ (earlier port's layout)
 METRICS_FILE = "metrics.jsonl"

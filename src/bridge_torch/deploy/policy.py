@@ -22,9 +22,9 @@ from PIL import Image
 
 from bridge_torch.agents.base import Agent
 from bridge_torch.batch import IMAGE, PROPRIO
-from bridge_torch.checkpoint import restore_agent
 from bridge_torch.data.actions import denormalize, normalize
-from bridge_torch.graphed import GraphedSampler
+from bridge_torch.deploy.graphed import GraphedSampler
+from bridge_torch.train.checkpoint import restore_agent
 
 GRIPPER_THRESHOLD = 0.5  # a gripper value below this asks for "closed" (spec §14.1)
 
@@ -54,8 +54,8 @@ class BatchedPolicy:
             argmax: deterministic actions (the mode); else sample with a generator seeded by
                 ``seed``.
             cuda_graphs: on CUDA, replay each prediction from a captured CUDA graph (see
-                ``bridge_torch.graphed``): the first call per batch size captures, later calls
-                are several times faster at batch 1.
+                ``deploy/graphed.py``): the first call per batch size captures, later calls are
+                several times faster at batch 1.
         """
         if act_exec_horizon < 1:
             raise ValueError(f"act_exec_horizon must be >= 1, got {act_exec_horizon}")

@@ -1,0 +1,1 @@
+"""Deployment: a trained agent rebuilt from its checkpoint and wrapped as a robot ``Policy``."""
