@@ -187,7 +187,7 @@ def measure_breakdown(args: argparse.Namespace) -> list[dict]:
 
 
 def legacy_trajectories(count: int, length: int, image_size: int) -> list[dict]:
-    """The same synthetic data in the out.npy schema (reference-spec §5)."""
+    """The same synthetic data in the legacy out.npy schema."""
     out = []
     for traj in synthetic_trajectories(count, length, image_size, seed=1):
         frames, state = traj.frames["images0"], traj.proprio.astype(np.float64)

@@ -1,4 +1,5 @@
-"""Tests of data/actions.py: relabelling (reference-spec §6.3), statistics, normalisation."""
+"""Tests of data/actions.py: relabelling (proprio deltas, binarised gripper), statistics,
+normalisation."""
 
 import numpy as np
 import pytest

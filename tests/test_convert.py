@@ -1,4 +1,4 @@
-"""bridge-torch-convert: the original out.npy semantics (spec §2-§3, §5) and what we do better."""
+"""bridge-torch-convert: the original converter's out.npy semantics and what we do better."""
 
 import json
 import logging

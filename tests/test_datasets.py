@@ -1,4 +1,4 @@
-"""Tests of data/datasets.py: task selection (reference-spec §6.1) and the out.npy pack cache."""
+"""Tests of data/datasets.py: task selection (include globs, exclude) and the out.npy pack cache."""
 
 import os
 
@@ -22,7 +22,7 @@ SIZE = 6
 
 
 def legacy_trajectory(length, seed, language=("open the drawer",)):
-    """One out.npy trajectory dict (reference-spec §5): list-of-dicts observations."""
+    """One legacy out.npy trajectory dict: list-of-dicts observations."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(length + 1, SIZE, SIZE, 3), dtype=np.uint8)
     states = rng.normal(size=(length + 1, 7))  # float64, as the robot stack stores it

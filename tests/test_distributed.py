@@ -99,7 +99,7 @@ def _train_three_steps(info: DistInfo, bypass_ddp: bool) -> float:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     state = TrainState(agent, agent, None, optimizer, scheduler, scaler, None, None)
-    # bypass_ddp reproduces the earlier port's bug 36: calling the raw module skips the all-reduce
+    # bypass_ddp reproduces the earlier port's mistake: calling the raw module skips the all-reduce
     if not bypass_ddp:
         state.model = wrap_model(agent, TrainConfig(data_path="unused"), info, torch.device("cpu"))
     generator = torch.Generator().manual_seed(100 + info.rank)  # every rank sees different data

@@ -1,4 +1,4 @@
-"""Legacy out.npy (spec §5): np.save-compatible atomic writes, validated loads, Trajectory view."""
+"""Legacy out.npy: np.save-compatible atomic writes, validated loads, Trajectory view."""
 
 import logging
 from pathlib import Path

@@ -86,7 +86,7 @@ def test_cosine_betas_match_the_reference_for_20_steps() -> None:
     assert torch.allclose(betas[-3:], torch.tensor([0.55102, 0.74848, 0.999],
                                                    dtype=torch.float64), atol=1e-5)
     alpha_bar = torch.cumprod(1 - betas, 0)
-    assert 1e-6 < alpha_bar[-1] < 2e-5  # ᾱ_{T-1} ≈ 1e-5 (spec §11.4)
+    assert 1e-6 < alpha_bar[-1] < 2e-5  # ᾱ_{T-1} ≈ 1e-5 for the JAX cosine schedule, T = 20
     assert beta_schedule("linear", 20)[0] == pytest.approx(1e-4)
     vp = beta_schedule("vp", 20)
     assert (vp > 0).all() and (vp[1:] > vp[:-1]).all()

@@ -81,8 +81,8 @@ def test_expert_through_adapter_still_succeeds(task: str) -> None:
 
 
 def test_relabelled_actions_are_the_commands() -> None:
-    """Proprio is the end-effector target, so §6.3 relabelling recovers the commanded motion
-    (as the target moved: clipped at the workspace floor); replayed open loop through the
+    """Proprio is the end-effector target, so relabelling (proprio deltas) recovers the commanded
+    motion (as the target moved: clipped at the workspace floor); replayed open loop through the
     adapter, the relabelled actions redo the demonstration, so a policy trained on them
     outputs what the adapter must send back."""
     episode = Episode("push-v3", 3, 0)

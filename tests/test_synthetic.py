@@ -1,4 +1,4 @@
-"""The synthetic raw tree: real BridgeData layout (spec §1), deterministic by seed, learnable."""
+"""The synthetic raw tree: real BridgeData layout, deterministic by seed, learnable."""
 
 import json
 import pickle

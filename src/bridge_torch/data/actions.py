@@ -1,9 +1,10 @@
-"""Action relabelling and per-dimension statistics (reference-spec §6.3).
+"""Action relabelling and per-dimension statistics.
 
 Relabelled actions are what the robot *achieved* (proprio deltas) plus a binarised gripper, so
 the policy learns the motion it sees in the frames rather than noisy commands. Statistics are
 computed in float64 and merged exactly across stores, so the normalisation of a multi-task run
-does not depend on how the data was split into files.
+does not depend on how the data was split into files. See docs/semantics.md, 'Action relabelling
+and normalisation'.
 """
 
 from typing import Any
@@ -18,7 +19,7 @@ NORMALIZATION_TYPES = ("normal", "bounds", "none")
 
 
 def binarize_gripper(gripper: np.ndarray) -> np.ndarray:
-    """Binarise a continuous gripper command as the JAX loader does (reference-spec §6.3).
+    """Binarise a continuous gripper command as the JAX loader does.
 
     Values > 0.95 become 1 and < 0.05 become 0; an intermediate value takes the value of the next
     non-intermediate step after it; a trailing run of intermediate values keeps the trajectory's
@@ -122,7 +123,7 @@ def _safe_std(stats: dict[str, Any]) -> list[float]:
 
 
 def normalize(x: Any, stats: dict[str, Any], kind: str = "normal") -> Any:
-    """Normalise a numpy array or torch tensor along its last dim (reference-spec §6.3)."""
+    """Normalise a numpy array or torch tensor along its last dim ("normal" / "bounds" / "none")."""
     _check_kind(kind)
     if kind == "none":
         return x

@@ -1,10 +1,11 @@
-"""From a data path to packed stores: task selection (reference-spec §6.1) and the out.npy cache.
+"""From a data path to packed stores: task selection and the out.npy cache.
 
 A *task directory* holds one directory per split (``train/``, ``val/``), each with a legacy
 ``out.npy`` and/or a packed store in ``packed/``. ``include`` is a list of sub-datasets, each a
 list of glob patterns relative to ``data_path`` (``**`` = any depth), as in the JAX
-``glob_to_path_list``; unlike the earlier port (§16 item 4), patterns really are globbed and
-``exclude`` really excludes.
+``glob_to_path_list`` (docs/semantics.md, 'Task selection'); unlike the earlier port, which
+joined them to the data path literally, patterns really are globbed and ``exclude`` really
+excludes.
 
 Legacy ``out.npy`` files are packed once into ``<split>/packed/`` (or, when the data directory is
 not writable, into ``$BRIDGE_TORCH_CACHE/<key>/``, default ``~/.cache/bridge_torch/<key>/``, key =
@@ -86,7 +87,7 @@ def _match_pattern(root: Path, pattern: str, exclude: list[str]) -> tuple[list[P
 
 def resolve_task_dirs(data_path: Path, include: list[list[str]],
                       exclude: list[str]) -> list[list[Path]]:
-    """Expand ``include`` into task directories, one list per sub-dataset (reference-spec §6.1).
+    """Expand ``include`` into task directories, one list per sub-dataset.
 
     Args:
         data_path: root directory the patterns are relative to.
@@ -247,7 +248,7 @@ def training_statistics(stores: list[list[PackedStore]], relabel_actions: bool) 
     Returns:
         ``{"actions": stats, "proprio": stats}``; the actions are the relabelled ones when
         ``relabel_actions``, else the raw ones. Proprio uses its own statistics (the JAX code
-        normalised proprio with the action statistics, reference-spec §16 item 55).
+        normalised proprio with the action statistics).
     """
     flat = [store for group in stores for store in group]
     if not flat:

@@ -1,4 +1,4 @@
-"""Goal relabelling (reference-spec §6.5), vectorised over a batch of transitions.
+"""Goal relabelling (docs/semantics.md, 'Goal relabelling'), vectorised over a batch.
 
 Every strategy works on trajectory-local indices: transition ``t`` of a trajectory with ``L``
 transitions has frames ``0..L`` (frame ``t+1`` is ``next_observations[t]``). The functions here

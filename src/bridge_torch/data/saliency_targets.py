@@ -1,10 +1,11 @@
 """Saliency (gaze) regularisation targets: window aggregation and min-max normalisation.
 
 The target of a sample is the causal, exponentially weighted sum of the per-frame maps of its
-observation window, ``sum_d alpha**d * s[t-d]`` (reference-spec §7.1, the earlier port's
-aggregation), min-max normalised to [0, 1] per sample. A target that is constant (all zero, a
-frame without detections, or cropped away) carries no spatial information, so it is reported as
-unusable (mask False) instead of asking the model for an unreachable map (§16 item 14).
+observation window, ``sum_d alpha**d * s[t-d]`` (the earlier port's aggregation;
+docs/semantics.md, 'Saliency regularisation'), min-max normalised to [0, 1] per sample. A
+target that is constant (all zero, a frame without detections, or cropped away) carries no
+spatial information, so it is reported as unusable (mask False) instead of asking the model for
+an unreachable map.
 """
 
 import torch

@@ -1,4 +1,7 @@
-"""DDPM pieces of GC-DDPM-BC: beta schedules, Fourier time features, the score network (§11.4)."""
+"""DDPM pieces of GC-DDPM-BC: beta schedules, Fourier time features, the score network.
+
+See docs/semantics.md, 'GC-DDPM-BC'.
+"""
 
 import math
 

@@ -1,6 +1,7 @@
-"""MLP and MLPResNet with the JAX original's layer order and initialisers (spec §11.1, §11.4).
+"""MLP and MLPResNet with the JAX original's layer order and initialisers.
 
-LayerNorms use Flax's default epsilon 1e-6 (PyTorch's default is 1e-5).
+See docs/semantics.md, 'BC and GC-BC' (MLP) and 'GC-DDPM-BC' (MLPResNet). LayerNorms use
+Flax's default epsilon 1e-6 (PyTorch's default is 1e-5).
 """
 
 import math

@@ -1,4 +1,4 @@
-"""ResNetV1 "bridge" encoders, as the JAX original builds them (reference-spec §10.1).
+"""ResNetV1 "bridge" encoders, as the JAX original builds them (docs/semantics.md, 'Encoder').
 
 GroupNorm(4) instead of BatchNorm, swish, no conv bias, He-normal init, uint8 input scaled to
 [-1, 1] and two coordinate channels appended to the *input*. The 7x7 stem conv pads 3 on every
@@ -6,7 +6,8 @@ side (as ``conv_init`` in ``jaxrl_m/vision/resnet_v1.py``); every other conv and
 Flax's SAME padding, which is asymmetric for stride 2 (extra row/column at the bottom/right), so
 feature maps line up with the original's pixel for pixel (128 px input -> 4x4 final map). The
 encoder returns its pooled features and its last feature map explicitly; the saliency loss needs
-the map, and forward hooks break under torch.compile (bugs 29-31).
+the map, and forward hooks, the earlier port's way to get it, silently stopped firing under
+torch.compile or captured the pooled 1x1 output instead.
 """
 
 import logging
@@ -34,7 +35,7 @@ ACTIVATIONS = {"swish": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
 
 @dataclass
 class EncoderConfig:
-    """Image encoder; defaults are the JAX "resnetv1-34-bridge" as trained (spec §10.1)."""
+    """Image encoder; defaults are the JAX "resnetv1-34-bridge" as trained."""
 
     name: str = "resnetv1-34-bridge"  # one of ARCHITECTURES
     pooling_method: str = "avg"  # avg | max | spatial_softmax | none (JAX avg)
@@ -48,7 +49,7 @@ class EncoderConfig:
     channels_last: bool = True
     fused_norm: bool = True
     # spatial_softmax only: -1 = learnable temperature (init 1, stored as its log so it stays
-    # positive); ANY other value means a fixed temperature of 1.0, exactly as JAX (quirk 56)
+    # positive); ANY other value means a fixed temperature of 1.0, exactly as JAX
     softmax_temperature: float = 1.0
 
     def __post_init__(self) -> None:

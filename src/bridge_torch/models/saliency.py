@@ -1,16 +1,18 @@
 """Saliency (gaze) regularisation: a mask predicted from a feature map, compared with a target.
 
-Recipe of the earlier port (spec §12.1): |features| reduced over channels -> softmax over the
-h·w positions of z/β -> bicubic upsampling (align_corners=False) to the target size -> per-sample
-min-max (eps 1e-8), clamped to [0, 1]. Deliberate changes, all documented here:
+Recipe of the earlier port (docs/semantics.md, 'Saliency regularisation'): |features| reduced
+over channels -> softmax over the h·w positions of z/β -> bicubic upsampling (align_corners=False)
+to the target size -> per-sample min-max (eps 1e-8), clamped to [0, 1]. Deliberate changes, all
+documented here:
 
 * channels are *averaged* (``channel_reduction="mean"``, default) rather than summed: z no longer
   grows with the width (512 for ResNet-34, 2048 for ResNet-50), so β means the same for every
-  encoder and β = 1 does not give the near one-hot, gradient-starved softmax of the port (bug 32).
+  encoder and β = 1 does not give the near one-hot, gradient-starved softmax of the port.
   ``"sum"`` reproduces the port (then β must be scaled with the channel count by hand).
 * samples without a usable target (``saliency_mask`` False, or an all-zero target map, which the
   min-max-normalised prediction can never reach) are masked out one by one instead of dropping
-  the term for the whole batch (bugs 13-14); a batch with no valid sample contributes exactly 0.
+  the term for the whole batch, as the port did when one sample lacked a map; a batch with no
+  valid sample contributes exactly 0.
 * the mask is computed in float32 even under autocast (softmax and min-max are precision-hungry).
 """
 
@@ -74,7 +76,7 @@ def saliency_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Te
 
     Args:
         prediction, target: float (B, H, W) in [0, 1]; mask: bool (B,) usable targets. Samples
-            whose target is all zero are dropped too (no reachable optimum, bug 14).
+            whose target is all zero are dropped too (no reachable optimum).
         kind: "mse" (mean over pixels) or "kl" (KL(target || prediction), both maps normalised
             to sum 1, eps 1e-6, as MODJAX).
     Returns:

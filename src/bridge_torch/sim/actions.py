@@ -3,9 +3,10 @@
 Meta-World: ``[dx, dy, dz, grip]`` in [-1, 1]; a position unit moves the end-effector target by
 ``ACTION_SCALE_M`` metres (``SawyerXYZEnv.action_scale``); ``grip > 0`` closes the fingers.
 Bridge: ``[dx, dy, dz, droll, dpitch, dyaw, gripper]`` with deltas in metres and radians and the
-gripper 1 = open, 0 = closed (spec §6.3). Rotation deltas are zero (Meta-World's hand does not
-rotate). The gripper is binarised on the way in, so recorded actions match what relabelling
-(§6.3) produces and what a policy with a sticky gripper outputs.
+gripper 1 = open, 0 = closed. Rotation deltas are zero (Meta-World's hand does not rotate). The
+gripper is binarised on the way in, so recorded actions match what relabelling produces
+(docs/semantics.md, 'Action relabelling and normalisation') and what a policy with a sticky
+gripper outputs.
 """
 
 import numpy as np

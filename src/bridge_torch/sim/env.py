@@ -131,7 +131,7 @@ class SimEnv:
 
         Position = the end-effector's position target in metres (the mocap body the hand is
         welded to), which moves by exactly the commanded delta; the hand itself trails it by
-        20-45 %, so relabelling actions from hand deltas (spec §6.3) would teach a policy to
+        20-45 %, so relabelled actions (proprio deltas) taken from the hand would teach a policy to
         command too little motion. The orientation is fixed in Meta-World (zeros); gripper = the
         finger opening ``obs[3]``, 1 open and 0 closed as in BridgeData.
         """

@@ -1,9 +1,10 @@
-"""Exponential moving average of a model's weights: the DDPM target network (reference-spec §11.4).
+"""Exponential moving average of a model's weights: the DDPM target network.
 
 After every optimizer step ``ema ← rate·params + (1 − rate)·ema`` (JAX's Polyak update with
 ``target_update_rate`` 0.002), and buffers are copied outright so normalisation statistics never
-stay at their initial values (the earlier port averaged parameters only, §16 bug 27). The copy
-lives in eval mode — sampling from it never runs dropout — and is never trained directly.
+stay at their initial values (the earlier port averaged parameters only). The copy lives in eval
+mode — sampling from it never runs dropout — and is never trained directly. See
+docs/semantics.md, 'EMA (target network)'.
 """
 
 import copy

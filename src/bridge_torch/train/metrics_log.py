@@ -24,7 +24,8 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def make_run_id(name: str) -> str:
-    """``<name>_<YYYYmmdd_HHMMSS_micro>_<4 hex>``: parallel launches never collide (bug 49)."""
+    """``<name>_<YYYYmmdd_HHMMSS_micro>_<4 hex>``: parallel launches never collide (the earlier
+    port's ids had one-second resolution and could)."""
     stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S_%f")
     return f"{name}_{stamp}_{secrets.token_hex(2)}"
 

@@ -1,10 +1,10 @@
-"""Optimizer and learning-rate schedule (reference-spec §11.1).
+"""Optimizer and learning-rate schedule (docs/semantics.md, 'Training defaults').
 
 The JAX original uses optax Adam (b1 0.9, b2 0.999, eps 1e-8, no weight decay, no clipping) with
 ``warmup_cosine_decay_schedule``: linear warmup from 0 to the peak over ``warmup_steps``, then a
 cosine to 0 that ends at ``decay_steps`` — the decay horizon INCLUDES the warmup (the earlier
-port's cosine started after the warmup and never reached 0, reference-spec §16 bug 34). The LR is
-a pure function of the update index, so resuming only needs the step.
+port's cosine started after the warmup and never reached 0). The LR is a pure function of the
+update index, so resuming only needs the step.
 """
 
 import functools

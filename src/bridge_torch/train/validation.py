@@ -1,12 +1,12 @@
 """Validation passes: deterministic iteration over the val split, sharded over DDP ranks.
 
 Every rank evaluates every ``world_size``-th batch and the per-rank sums are combined with one
-object gather at the end, so no rank idles at a barrier while rank 0 evaluates alone (the earlier
-port's collective-timeout risk, reference-spec §16 bug 46). Each batch's sampling noise is seeded
-from the batch index, so the numbers do not depend on the number of ranks. The pass runs inside
-``torch.random.fork_rng``: noise drawn from the global RNG (e.g. the DDPM loss's timesteps) never
-shifts the training streams, so a run resumed from a checkpoint taken before an evaluation
-continues exactly as the uninterrupted run.
+object gather at the end, so no rank idles at a barrier while rank 0 evaluates alone (as in the
+earlier port, where a long evaluation could exceed the collective timeout). Each batch's sampling
+noise is seeded from the batch index, so the numbers do not depend on the number of ranks. The
+pass runs inside ``torch.random.fork_rng``: noise drawn from the global RNG (e.g. the DDPM loss's
+timesteps) never shifts the training streams, so a run resumed from a checkpoint taken before an
+evaluation continues exactly as the uninterrupted run.
 """
 
 from collections.abc import Iterator

@@ -1,15 +1,15 @@
 /* The whole image augmentation for CPU batches, one image at a time in cache.
  *
- * The same ops and formulas as augment.py / color.py (TF semantics, reference-spec 9.1) on
- * float32 pixels in [0, 255], applied in the configured order: crop (bilinear crop-and-resize,
- * grid_sample(align_corners=True, padding_mode="border") for an axis-aligned box), brightness,
- * contrast, saturation, hue and the fused saturation+hue HSV round trip; then rounding to the
- * nearest uint8 (ties to even, as torch.round). With PyTorch ops each step is a pass over the
- * whole batch in memory; here the steps work on one image's three planes, which stay in the CPU's
- * L2 cache, and the colour ops between a crop or contrast and the next go through the image in
- * one pass of 1,024-pixel tiles, which stay in L1 (the pass also sums the means the next
- * contrast needs, or stores the levels after the last op). Results equal the PyTorch path up to
- * float rounding (at most one uint8 level).
+ * The same ops and formulas as augment.py / color.py (TF semantics, docs/semantics.md,
+ * 'Augmentation') on float32 pixels in [0, 255], applied in the configured order: crop (bilinear
+ * crop-and-resize, grid_sample(align_corners=True, padding_mode="border") for an axis-aligned
+ * box), brightness, contrast, saturation, hue and the fused saturation+hue HSV round trip; then
+ * rounding to the nearest uint8 (ties to even, as torch.round). With PyTorch ops each step is a
+ * pass over the whole batch in memory; here the steps work on one image's three planes, which
+ * stay in the CPU's L2 cache, and the colour ops between a crop or contrast and the next go
+ * through the image in one pass of 1,024-pixel tiles, which stay in L1 (the pass also sums the
+ * means the next contrast needs, or stores the levels after the last op). Results equal the
+ * PyTorch path up to float rounding (at most one uint8 level).
  * On x86-64 CPUs with AVX-512 three loops use explicit vector code: the crop's vertical pass from
  * uint8 rows, its horizontal pass (permutes instead of gathers) and the rounded, interleaved
  * store (byte shuffles). Their results are bit-identical to the portable loops, which every

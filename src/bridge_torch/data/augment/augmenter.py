@@ -1,9 +1,10 @@
-"""Batched image augmentation with independent parameters per sample (design §4).
+"""Batched image augmentation with independent parameters per sample.
 
-Semantics of the JAX/TF ops (reference-spec §9.1) - random resized crop (bilinear, sub-pixel box,
-no rejection sampling), additive brightness, per-channel-mean contrast, HSV saturation and hue -
-but every sample draws its own, independent parameters: not one shared uniform for all ops (the
-TF quirk, §16 item 20) and not one replay per batch (the earlier port, §16 items 16-17). Within a
+Semantics of the JAX/TF ops (docs/semantics.md, 'Augmentation') - random resized crop (bilinear,
+sub-pixel box, no rejection sampling), additive brightness, per-channel-mean contrast, HSV
+saturation and hue - but every sample draws its own, independent parameters: not all of them
+derived from one uniform number (TF gives every op of a sample the same stateless seed) and not
+one parameter set for the whole batch (the earlier port's replayed Albumentations). Within a
 sample, the parameters are shared by all frames of the observation history and by the goal
 (unless ``augment_next_obs_goal_differently``); the crop box also moves the saliency target.
 
@@ -51,7 +52,7 @@ NUM_PARAMS = 8
 
 @dataclass
 class AugmentConfig:
-    """Image augmentation of training batches (JAX ``augment_kwargs``, reference-spec §9.1)."""
+    """Image augmentation of training batches (JAX ``augment_kwargs``)."""
 
     enabled: bool = True  # augment training batches (JAX augment=True); never validation
     # ops applied in this order; an op not listed is not applied (JAX augment_order)

@@ -1,4 +1,4 @@
-"""Batched colour jitter with the semantics of TF's image ops (reference-spec §9.1).
+"""Batched colour jitter with the semantics of TF's image ops (docs/semantics.md, 'Augmentation').
 
 Every function takes float32 images ``(n, 3, H, W)`` with pixel values in ``[0, 255]`` and one
 parameter per image ``(n,)``, and returns images clipped to ``[0, 255]`` (TF clips to [0, 1]

@@ -4,11 +4,11 @@ With PyTorch ops a batch is a chain of whole-batch passes - the crop, each colou
 the interleaved uint8 store - and on a GPU the pixels are cheap while the launches are not: the
 compiled ops took 0.85 ms per 256 batch on an H200 (``bench/data.py``), most of it launch overhead.
 Here one program per image reads its uint8 frame, applies the configured ops in order in
-registers with the formulas of ``augment_cpu.c`` and ``color.py`` (TF semantics, reference-spec
-§9.1) and writes the rounded uint8 result: one launch per call. A crop that follows colour ops
-applies them to each of the four source pixels it blends; contrast, which needs its image's
-per-channel mean after the preceding ops, costs one extra pass over the image. Results equal the
-PyTorch ops' up to float rounding (at most one uint8 level).
+registers with the formulas of ``augment_cpu.c`` and ``color.py`` (TF semantics,
+docs/semantics.md, 'Augmentation') and writes the rounded uint8 result: one launch per call. A
+crop that follows colour ops applies them to each of the four source pixels it blends; contrast,
+which needs its image's per-channel mean after the preceding ops, costs one extra pass over the
+image. Results equal the PyTorch ops' up to float rounding (at most one uint8 level).
 """
 
 import torch

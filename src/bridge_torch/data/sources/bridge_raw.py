@@ -1,4 +1,4 @@
-"""Reading raw BridgeData (reference-spec §1-§3) into the out.npy trajectory schema (§5).
+"""Reading raw BridgeData into the out.npy trajectory schema.
 
 :func:`read_trajectory` builds exactly the dict the original converter builds for one
 ``raw/traj_group*/traj*`` folder: LANCZOS-squashed frames of every ``images<N>`` camera, lists of
@@ -6,7 +6,8 @@ per-step observation dicts (cameras, ``state``, ``time_stamp``, optional ``salie
 actions, all-zero terminals and the language lines, with the one-frame latency shift for data
 recorded before 2021-07-23. Unlike the original, it checks everything first: anything unexpected
 raises :class:`SkipTrajectory` whose ``reason`` (a short summary key) and ``detail`` (what was
-expected vs found) the converter logs and counts.
+expected vs found) the converter logs and counts. Layout, latency shift and schema:
+docs/semantics.md, 'Data format and latency shift'.
 
 The raw format stores ``obs_dict.pkl`` / ``policy_out.pkl`` as pickles, so reading them executes
 pickle: convert only data from your own robot stack.
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 CAMERA_DIR = re.compile(r"^images(\d+)$")  # depth_images*, images0_saliency.gif, ... never match
 FRAME_FILE = re.compile(r"^im_(\d+)\.jpg$")
 DATE_FORMAT = "%Y-%m-%d_%H-%M-%S"  # names of the dated folders
-LATENCY_CUTOFF = dt.datetime(2021, 7, 23)  # older data has a one-frame camera delay (§2)
+LATENCY_CUTOFF = dt.datetime(2021, 7, 23)  # older data has a one-frame camera delay
 STATE_DIM = 7  # full_state: x, y, z, roll, pitch, yaw, gripper
 ACTION_DIM = 7  # dx, dy, dz, droll, dpitch, dyaw, gripper target
 OBS_FILE, POLICY_FILE, LANG_FILE = "obs_dict.pkl", "policy_out.pkl", "lang.txt"
@@ -70,7 +71,7 @@ class SkipFolder(Skip):
 
 
 class SaliencyUnavailable(Exception):
-    """saliency_map.pkl is missing or unusable; the trajectory is kept without saliency (§3)."""
+    """saliency_map.pkl is missing or unusable; the trajectory is kept without saliency."""
 
 
 def parse_folder_date(name: str) -> dt.datetime | None:
@@ -82,12 +83,12 @@ def parse_folder_date(name: str) -> dt.datetime | None:
 
 
 def needs_latency_shift(date: dt.datetime) -> bool:
-    """Data recorded before 2021-07-23 pairs action a_k with the next frame (reference-spec §2)."""
+    """Data recorded before 2021-07-23 pairs action a_k with the next frame (camera delay)."""
     return date < LATENCY_CUTOFF
 
 
 def find_collections(input_path: Path, depth: int) -> list[Path]:
-    """Collection directories: ``depth - 1`` levels below ``input_path`` (itself for 1) (§2)."""
+    """Collection directories: ``depth - 1`` levels below ``input_path`` (itself for 1)."""
     if depth <= 1:
         return [Path(input_path)]
     pattern = os.path.join(glob.escape(str(input_path)), *["*"] * (depth - 1))
@@ -122,7 +123,7 @@ def read_dated_folder(folder: Path, relative: str) -> tuple[dt.datetime, list[Pa
 
 
 def camera_dirs(traj_dir: Path) -> list[Path]:
-    """``images<N>`` directories sorted by N; depth images and stray files are ignored (§3)."""
+    """``images<N>`` directories sorted by N; depth images and stray files are ignored."""
     found = [p for p in traj_dir.iterdir() if p.is_dir() and CAMERA_DIR.match(p.name)]
     return sorted(found, key=lambda p: int(CAMERA_DIR.match(p.name).group(1)))
 
@@ -158,7 +159,7 @@ def count_frames(traj_dir: Path) -> dict[str, int]:
 
 
 def read_frames(camera_dir: Path, steps: int, im_size: int) -> list[np.ndarray]:
-    """``im_0 .. im_{steps-1}`` squashed to uint8 (im_size, im_size, 3) with LANCZOS (§2)."""
+    """``im_0 .. im_{steps-1}`` squashed to uint8 (im_size, im_size, 3) with LANCZOS."""
     frames = []
     for t in range(steps):
         path = camera_dir / f"im_{t}.jpg"
@@ -249,7 +250,7 @@ def read_language(traj_dir: Path) -> list[str]:
 
 
 def read_saliency(traj_dir: Path, steps: int, im_size: int) -> list[np.ndarray]:
-    """saliency_map.pkl (T, 1, H, W) in [0, 1] -> T float32 (S, S, 1), PIL "F" BILINEAR (§3).
+    """saliency_map.pkl (T, 1, H, W) in [0, 1] -> T float32 (S, S, 1), PIL "F" BILINEAR.
 
     Raises:
         SaliencyUnavailable: the file is missing, unreadable, or not T finite maps in [0, 1]
@@ -286,7 +287,7 @@ def _per_step(columns: dict[str, Sequence], window: slice) -> list[dict[str, Any
 
 def read_trajectory(traj_dir: Path, *, im_size: int, latency_shift: bool,
                     saliency: bool) -> dict[str, Any]:
-    """Build one out.npy trajectory dict from a raw ``traj<i>`` folder (reference-spec §2, §5).
+    """Build one out.npy trajectory dict from a raw ``traj<i>`` folder.
 
     Observations hold frames ``[:-1]`` and next_observations ``[1:]`` of every column, sliced from
     the stored sequences as the original does (so the pickled out.npy has the same bytes; frames
@@ -318,7 +319,7 @@ def read_trajectory(traj_dir: Path, *, im_size: int, latency_shift: bool,
     observations = _per_step(columns, slice(None, -1))
     next_observations = _per_step(columns, slice(1, None))
     terminals = [0] * len(actions)
-    if latency_shift:  # a_k pairs with the frame captured one step later (§2)
+    if latency_shift:  # a_k pairs with the frame captured one step later
         observations, next_observations = observations[1:], next_observations[1:]
         actions, terminals = actions[:-1], terminals[:-1]
     return {"observations": observations, "next_observations": next_observations,

@@ -1,4 +1,5 @@
-"""The legacy ``out.npy`` format of the original tools (reference-spec §5).
+"""The legacy ``out.npy`` format of the original tools (docs/semantics.md, 'Data format and
+latency shift').
 
 An out.npy is ``np.save`` of a Python list of trajectory dicts, i.e. a pickled 1-D object array
 whose observations are lists of per-step dicts. Reading it executes pickle, so
@@ -65,7 +66,7 @@ def load_out_npy(path: Path, *, data_root: Path | None = None) -> list[dict[str,
             so a link planted in the data cannot make training unpickle a file from elsewhere.
             None: the caller names the file explicitly (e.g. ``bridge-torch-inspect <file>``).
     Returns:
-        The list of trajectory dicts (reference-spec §5).
+        The list of trajectory dicts.
     Raises:
         ValueError: a file outside ``data_root``, an unreadable file, not a 1-D object array, or
             a malformed trajectory (the message names the file, the trajectory index and what
@@ -108,7 +109,7 @@ def _check_step(step: Any, where: str, image_shape: tuple | None) -> tuple:
 
 
 def validate_out_trajectory(traj: Any, where: str) -> None:
-    """Raise ValueError (prefixed with ``where``) unless ``traj`` follows the §5 schema."""
+    """Raise ValueError (prefixed with ``where``) unless ``traj`` follows the out.npy schema."""
     if not isinstance(traj, dict):
         raise ValueError(f"{where}: expected a trajectory dict, found {type(traj).__name__}")
     missing = [key for key in STEP_KEYS if key not in traj]

@@ -1,4 +1,4 @@
-"""Writing the raw format's files (reference-spec §1) for the data this project generates.
+"""Writing the raw BridgeData format's files for the data this project generates.
 
 Synthetic trees and simulated demonstrations both write camera frames and pickles; fixed
 encoder settings and pickle protocol keep the bytes independent of the Python version, so the

@@ -1,10 +1,11 @@
-"""Synthetic raw BridgeData: learnable toy scenes written in the real on-disk layout (spec §1).
+"""Synthetic raw BridgeData: learnable toy scenes written in the real on-disk layout.
 
 Each trajectory is a scripted reach-and-grasp seen from above: a textured table, a block in the
 task's colour at a random position, and a white end-effector marker whose radius encodes the
 height z and whose ring thickness the gripper opening (thin ring = open, filled disc = closed).
 The marker moves toward the block with noisy proportional steps, descends, closes the gripper
-through intermediate commands (so the §6.3 binarisation is exercised) and lifts the block.
+through intermediate commands (exercising the relabelling's gripper binarisation) and lifts the
+block.
 End-effector x, y map linearly to pixels, so a policy conditioned on the image (and a goal image)
 can learn the commanded motion ``[dx, dy, dz, droll, dpitch, dyaw, gripper]``; ``full_state``
 integrates it with noise. The wrist rotation follows the motion, so all seven action dimensions
@@ -175,7 +176,7 @@ def _transform(pose: np.ndarray) -> np.ndarray:
 
 def _obs_dict(rng: np.random.Generator, state: np.ndarray, actions: np.ndarray,
               start_time: float) -> dict[str, np.ndarray]:
-    """obs_dict.pkl: every key of the robot stack's raw saver, with plausible shapes (§1)."""
+    """obs_dict.pkl: every key of the robot stack's raw saver, with plausible shapes."""
     steps = len(state)
     joints = state[:, :6] @ rng.normal(0.0, 1.0, (6, 6))  # fake but consistent joint angles
     time_stamp = start_time + STEP_SECONDS * np.arange(steps) + rng.uniform(0, 0.01, steps)
@@ -194,7 +195,7 @@ def _obs_dict(rng: np.random.Generator, state: np.ndarray, actions: np.ndarray,
 
 
 def _policy_out(state: np.ndarray, actions: np.ndarray) -> list[dict]:
-    """policy_out.pkl as VR-teleop data: a list of T-1 dicts with ``actions`` (§1)."""
+    """policy_out.pkl as VR-teleop data: a list of T-1 dicts with ``actions``."""
     return [{"actions": action, "new_robot_transform": _transform(state[t, :6] + action[:6]),
              "delta_robot_transform": _transform(action[:6]), "policy_type": "VRTeleopPolicy"}
             for t, action in enumerate(actions)]
