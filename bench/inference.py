@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from bridge_torch.agents import build_agent
+from bridge_torch.agents import AgentShapes, build_agent
 from bridge_torch.batch import IMAGE
 from bridge_torch.deploy.graphed import GraphedSampler
 from bridge_torch.train.config import compose_config
@@ -47,10 +47,9 @@ def measure(args: argparse.Namespace, algo: str, precision: str) -> dict:
     """Runs in the child process: one (agent, precision) configuration."""
     config = compose_config([f"algo={algo}", f"encoder.name={args.encoder}", "data_path=unused"])
     device = torch.device(args.device)
-    agent = build_agent(algo, config.model, config.encoder, config.saliency, action_dim=7,
-                        proprio_dim=7, obs_horizon=config.data.obs_horizon,
-                        act_pred_horizon=config.data.act_pred_horizon,
-                        image_size=args.image_size)
+    shapes = AgentShapes(action_dim=7, proprio_dim=7, obs_horizon=config.data.obs_horizon,
+                         act_pred_horizon=config.data.act_pred_horizon, image_size=args.image_size)
+    agent = build_agent(algo, config.model, config.encoder, config.saliency, shapes)
     agent = agent.to(device).eval()
     generator = torch.Generator(device=device).manual_seed(0)
     size = args.image_size

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bridge_torch.agents import build_agent, count_parameters
+from bridge_torch.agents import AgentShapes, build_agent, count_parameters
 from bridge_torch.train import checkpoint
 from bridge_torch.train.config import compose_config, to_container
 from bridge_torch.train.state import write_run_files
@@ -43,7 +43,7 @@ def make_run(root: Path, algo: str, action_dim: int = 7, ema: bool = False) -> P
                              f"model.fixed_std={[1.0] * action_dim}", f"ema.enabled={ema}"])
     shapes = {"action_dim": action_dim, "proprio_dim": 7, "obs_horizon": 1,
               "act_pred_horizon": 1, "image_size": 32}
-    agent = build_agent(algo, config.model, config.encoder, config.saliency, **shapes)
+    agent = build_agent(algo, config.model, config.encoder, config.saliency, AgentShapes(**shapes))
     moments = {"count": 10, "mean": [0.0] * action_dim, "std": [1.0] * action_dim,
                "min": [-1.0] * action_dim, "max": [1.0] * action_dim}
     stats = {"actions": moments, "proprio": {**moments, "mean": [0.0] * 7, "std": [1.0] * 7,

@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from bridge_torch.agents import AGENTS, AgentConfig, build_agent, count_parameters
+from bridge_torch.agents import AGENTS, AgentShapes, build_agent, count_parameters, model_config
 from bridge_torch.models.resnet import EncoderConfig
 from bridge_torch.models.saliency import SaliencyConfig
+from bridge_torch.train.config import typed_model_config
 
 MINI = EncoderConfig(name="resnetv1-mini-bridge", num_filters=8)
 SMALL_MODEL = dict(hidden_dims=[32, 32], score_width=32, num_blocks=1)
@@ -15,10 +16,10 @@ SMALL_MODEL = dict(hidden_dims=[32, 32], score_width=32, num_blocks=1)
 
 def _agent(algo: str, *, k: int = 1, h: int = 1, size: int = 32, saliency: bool = False,
            encoder: EncoderConfig = MINI, **model) -> torch.nn.Module:
-    cfg = AgentConfig(**{**SMALL_MODEL, **model})
+    cfg = typed_model_config(algo, {**SMALL_MODEL, **model})
     return build_agent(algo, cfg, encoder, SaliencyConfig(enabled=saliency, weight=1.0),
-                       action_dim=7, proprio_dim=7, obs_horizon=k, act_pred_horizon=h,
-                       image_size=size)
+                       AgentShapes(action_dim=7, proprio_dim=7, obs_horizon=k,
+                                   act_pred_horizon=h, image_size=size))
 
 
 def _batch(b: int = 4, *, k: int = 1, h: int = 1, size: int = 32, seed: int = 0) -> dict:
@@ -41,9 +42,9 @@ def _batch(b: int = 4, *, k: int = 1, h: int = 1, size: int = 32, seed: int = 0)
                                            ("gc_ddpm_bc", 23_025_911)])
 def test_parameter_counts_equal_the_jax_original(algo: str, expected: int) -> None:
     with torch.device("meta"):  # shapes only: no memory, no initialisation time
-        agent = build_agent(algo, AgentConfig(), EncoderConfig(), SaliencyConfig(),
-                            action_dim=7, proprio_dim=7, obs_horizon=1, act_pred_horizon=1,
-                            image_size=128)
+        agent = build_agent(algo, model_config(algo), EncoderConfig(), SaliencyConfig(),
+                            AgentShapes(action_dim=7, proprio_dim=7, obs_horizon=1,
+                                        act_pred_horizon=1, image_size=128))
     assert count_parameters(agent)["total"] == expected
 
 

@@ -35,6 +35,7 @@ from bridge_torch.data.sources.convert import (
 from bridge_torch.data.sources.legacy_numpy import load_out_npy, save_out_npy
 from bridge_torch.data.sources.synthetic import generate_raw_dataset
 from bridge_torch.data.store import open_store
+from bridge_torch.deploy import restore
 from bridge_torch.offline_eval import evaluate_run
 from bridge_torch.train import checkpoint
 from bridge_torch.train.config import compose_config, load_config, to_yaml
@@ -465,11 +466,11 @@ def test_checkpoint_of_another_algorithm_or_action_dimension(tmp_path: Path) -> 
     bc7, gc7, gc6 = (make_run(tmp_path, algo, dim) for algo, dim in
                      (("bc", 7), ("gc_bc", 7), ("gc_bc", 6)))
     with pytest.raises(ValueError) as info:
-        checkpoint.restore_agent(bc7, gc7 / "ckpt_5.pt", device="cpu")
+        restore.restore_agent(bc7, gc7 / "ckpt_5.pt", device="cpu")
     assert str(info.value) == f"{gc7 / 'ckpt_5.pt'} was trained with algo 'gc_bc' but {bc7} is " \
                               "a 'bc' run"
     with pytest.raises(ValueError) as info:
-        checkpoint.restore_agent(gc7, gc6 / "ckpt_5.pt", device="cpu")
+        restore.restore_agent(gc7, gc6 / "ckpt_5.pt", device="cpu")
     assert str(info.value) == f"{gc6 / 'ckpt_5.pt'} has action_dim 6 but the run {gc7} was " \
                               "trained on 7-dimensional actions (stats.json)"
 
@@ -525,7 +526,7 @@ def test_malicious_checkpoint_is_refused_and_never_runs(tmp_path: Path) -> None:
     state = checkpoint.load(run_dir / "ckpt_5.pt")
     torch.save({**state, "step": 6, "model": PlantedPayload(marker)}, run_dir / "ckpt_6.pt")
     for load in (lambda: checkpoint.load(run_dir / "ckpt_6.pt"),
-                 lambda: checkpoint.restore_agent(run_dir, device="cpu")):  # picks the latest
+                 lambda: restore.restore_agent(run_dir, device="cpu")):  # picks the latest
         with pytest.raises(ValueError, match=re.escape(f"refusing to load {run_dir / 'ckpt_6.pt'}"
                                                        ": it holds pickled objects other than")):
             load()

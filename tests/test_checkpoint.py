@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from bridge_torch.deploy import restore
 from bridge_torch.train import checkpoint
 from helpers import make_run
 
@@ -151,14 +152,14 @@ def test_load_module_state_names_missing_unexpected_and_mismatched_keys():
 def test_restore_agent_loads_ema_or_model_weights_in_eval_mode(tmp_path):
     run_dir = make_run(tmp_path, "gc_ddpm_bc", ema=True)
     saved = checkpoint.load(run_dir / "ckpt_5.pt")
-    restored = checkpoint.restore_agent(run_dir, device="cpu")
-    assert isinstance(restored, checkpoint.RestoredAgent)
+    restored = restore.restore_agent(run_dir, device="cpu")
+    assert isinstance(restored, restore.RestoredAgent)
     assert not restored.agent.training
     assert restored.step == 5 and restored.path == run_dir / "ckpt_5.pt"
     assert restored.config.algo == "gc_ddpm_bc" and restored.stats == saved["stats"]
     for name, tensor in restored.agent.state_dict().items():
         torch.testing.assert_close(tensor, saved["ema"][name])
-    plain = checkpoint.restore_agent(run_dir, 5, device="cpu", use_ema=False)
+    plain = restore.restore_agent(run_dir, 5, device="cpu", use_ema=False)
     for name, tensor in plain.agent.state_dict().items():
         torch.testing.assert_close(tensor, saved["model"][name])
     observations = {"image": torch.zeros(2, 1, 32, 32, 3, dtype=torch.uint8),
@@ -171,7 +172,7 @@ def test_restore_agent_loads_ema_or_model_weights_in_eval_mode(tmp_path):
 
 def test_restore_agent_without_ema_uses_the_trained_weights(tmp_path):
     run_dir = make_run(tmp_path, "bc")
-    restored = checkpoint.restore_agent(run_dir, device="cpu")  # use_ema=True, but none saved
+    restored = restore.restore_agent(run_dir, device="cpu")  # use_ema=True, but none saved
     saved = checkpoint.load(run_dir / "ckpt_5.pt")
     for name, tensor in restored.agent.state_dict().items():
         torch.testing.assert_close(tensor, saved["model"][name])
@@ -180,13 +181,13 @@ def test_restore_agent_without_ema_uses_the_trained_weights(tmp_path):
 def test_restore_agent_rejects_another_algorithm(tmp_path):
     bc_run, gc_run = make_run(tmp_path, "bc"), make_run(tmp_path, "gc_bc")
     with pytest.raises(ValueError, match=r"trained with algo 'gc_bc' but .* is a 'bc' run"):
-        checkpoint.restore_agent(bc_run, gc_run / "ckpt_5.pt", device="cpu")
+        restore.restore_agent(bc_run, gc_run / "ckpt_5.pt", device="cpu")
 
 
 def test_restore_agent_rejects_another_action_dimension(tmp_path):
     run7, run6 = make_run(tmp_path, "gc_bc", 7), make_run(tmp_path, "gc_bc", 6)
     with pytest.raises(ValueError, match=r"action_dim 6 but the run .* 7-dimensional"):
-        checkpoint.restore_agent(run7, run6 / "ckpt_5.pt", device="cpu")
+        restore.restore_agent(run7, run6 / "ckpt_5.pt", device="cpu")
 
 
 def test_restore_agent_is_strict_about_keys(tmp_path):
@@ -197,7 +198,7 @@ def test_restore_agent_is_strict_about_keys(tmp_path):
     saved["model"]["extra.weight"] = torch.zeros(1)
     checkpoint.save(run_dir / "ckpt_6.pt", saved)
     with pytest.raises(ValueError) as info:
-        checkpoint.restore_agent(run_dir, device="cpu")
+        restore.restore_agent(run_dir, device="cpu")
     message = str(info.value)
     assert "ckpt_6.pt [model]" in message
     assert f"missing keys ['{dropped}']" in message

@@ -72,7 +72,7 @@ def test_saliency_switch_turns_on_target_loading():
     "override, error, message",
     [
         ("foo=1", ConfigCompositionException, "Could not override 'foo'"),
-        ("model.widths=[1]", ConfigCompositionException, "model.widths"),
+        ("model.widths=[1]", ValueError, "model.widths"),  # checked by the agent's config
         ("batch_size=abc", ConfigCompositionException, "batch_size=abc"),
         ("algo=ppo", Exception, "Could not find 'algo/ppo'"),
         ("batch_size=0", ValueError, "batch_size must be >= 1"),

@@ -3,20 +3,22 @@
 import pytest
 import torch
 
-from bridge_torch.agents import AgentConfig, build_agent
+from bridge_torch.agents import AgentShapes, build_agent
 from bridge_torch.deploy.graphed import GraphedSampler
 from bridge_torch.models.resnet import EncoderConfig
 from bridge_torch.models.saliency import SaliencyConfig
+from bridge_torch.train.config import typed_model_config
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def small_agent(algo: str, device: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    agent = build_agent(algo, AgentConfig(hidden_dims=[32, 32], score_width=32),
+    model = typed_model_config(algo, {"hidden_dims": [32, 32], "score_width": 32})
+    agent = build_agent(algo, model,
                         EncoderConfig(name="resnetv1-mini-bridge", num_filters=8),
-                        SaliencyConfig(), action_dim=7, proprio_dim=7, obs_horizon=2,
-                        act_pred_horizon=3, image_size=32)
+                        SaliencyConfig(), AgentShapes(action_dim=7, proprio_dim=7, obs_horizon=2,
+                                                      act_pred_horizon=3, image_size=32))
     return agent.to(device).eval()
 
 

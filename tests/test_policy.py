@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from bridge_torch.agents import AgentShapes
+from bridge_torch.batch import BatchInputs
 from bridge_torch.deploy.policy import BatchedPolicy, Policy, resize_frame
 
 STATS = {"actions": {"mean": [1.0] * 7, "std": [2.0] * 7, "min": [0.0] * 7, "max": [1.0] * 7},
@@ -18,13 +20,6 @@ def gc_bc_run(tiny_run: Callable[[str], Path]) -> Path:
     return tiny_run("gc_bc")
 
 
-class FakeEncoder(nn.Module):
-    def __init__(self, goal_conditioned: bool, use_proprio: bool) -> None:
-        super().__init__()
-        self.goal_conditioned, self.use_proprio, self.image_size = (goal_conditioned,
-                                                                    use_proprio, 8)
-
-
 class FakeAgent(nn.Module):
     """Returns chunk c of call c: action[h] = (c + h/10) in every dim; records its inputs."""
 
@@ -32,7 +27,9 @@ class FakeAgent(nn.Module):
                  use_proprio: bool = False, gripper: list[float] | None = None) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(1))
-        self.encoder = FakeEncoder(goal_conditioned, use_proprio)
+        self.inputs = BatchInputs(goal_image=goal_conditioned, proprio=use_proprio)
+        self.shapes = AgentShapes(action_dim=7, proprio_dim=7, obs_horizon=3,
+                                  act_pred_horizon=horizon, image_size=8)
         self.horizon, self.calls, self.gripper = horizon, [], gripper
 
     def sample_actions(self, observations, goals=None, *, argmax=False, generator=None):
@@ -48,8 +45,7 @@ class FakeAgent(nn.Module):
 
 
 def _policy(agent: FakeAgent, **kwargs) -> BatchedPolicy:
-    defaults = dict(stats=STATS, normalization_type="normal", image_size=8, obs_horizon=3,
-                    sticky_gripper_num_steps=None)
+    defaults = dict(stats=STATS, normalization_type="normal", sticky_gripper_num_steps=None)
     return BatchedPolicy(agent, **{**defaults, **kwargs})
 
 

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from bridge_torch.agents import build_agent, count_parameters
+from bridge_torch.agents import AgentShapes, build_agent, count_parameters
 from bridge_torch.data.datasets import open_split, resolve_task_dirs, training_statistics
 from bridge_torch.data.store import Trajectory, write_store
+from bridge_torch.deploy import restore
 from bridge_torch.train import checkpoint
 from bridge_torch.train.config import TrainConfig, compose_config, load_config, to_container
 from bridge_torch.train.distributed import DistInfo
@@ -88,7 +89,7 @@ def test_run_directory_records_itself(data_path, tmp_path):
 
     saved = checkpoint.load(run_dir / "ckpt_4.pt")
     agent = build_agent("gc_bc", config.model, config.encoder, config.saliency,
-                        **saved["agent_shapes"])
+                        AgentShapes(**saved["agent_shapes"]))
     assert json.loads((run_dir / "model_summary.json").read_text()) == count_parameters(agent)
     assert saved["agent_shapes"] == {"action_dim": 7, "proprio_dim": 7, "obs_horizon": 1,
                                      "act_pred_horizon": 1, "image_size": 32}
@@ -216,7 +217,7 @@ def test_compiled_agent_is_optimized_module_and_trains(data_path, tmp_path):
     config = compose_config([f"data_path={data_path}", *TINY, "algo=bc", "compile.enabled=true"])
     shapes = {"action_dim": 7, "proprio_dim": 7, "obs_horizon": 1, "act_pred_horizon": 1,
               "image_size": 32}
-    agent = build_agent("bc", config.model, config.encoder, config.saliency, **shapes)
+    agent = build_agent("bc", config.model, config.encoder, config.saliency, AgentShapes(**shapes))
     model = wrap_model(agent, config, DistInfo(), torch.device("cpu"))
     assert isinstance(model, torch._dynamo.eval_frame.OptimizedModule)
     assert model._orig_mod is agent
@@ -226,7 +227,7 @@ def test_compiled_agent_is_optimized_module_and_trains(data_path, tmp_path):
                   "compile.backend=aot_eager", "eval_interval=100")
     saved = checkpoint.load(run_dir / "ckpt_2.pt")
     assert set(saved["model"]) == set(agent.state_dict())
-    assert checkpoint.restore_agent(run_dir, device="cpu").step == 2
+    assert restore.restore_agent(run_dir, device="cpu").step == 2
 
 
 @pytest.mark.slow

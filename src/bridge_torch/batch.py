@@ -10,17 +10,19 @@ A batch is a nested ``dict`` of tensors, all on the training device::
         "saliency_mask": bool    (B,)             True where the sample has a usable target
       },
       "goals": {
-        "image":   uint8   (B, H, W, 3)           next_observations[goal index] (spec §6.5)
+        "image":   uint8   (B, H, W, 3)           next_observations[goal index] (see docs/semantics.md)
         "proprio": float32 (B, P)
       },
       "actions": float32 (B, T_act, A)            actions t..t+T_act-1, padded with the last action,
-                                                  relabelled and normalised (spec §6.3-6.4)
+                                                  relabelled and normalised (docs/semantics.md)
     }
 
 K is ``obs_horizon`` and T_act is ``act_pred_horizon``; both dimensions are always present, even
 when they are 1, so agents never branch on rank. Images stay uint8 HWC until the encoder, which
 scales them to [-1, 1] (channels-last in memory, the fast layout for convolutions).
 """
+
+from dataclasses import dataclass
 
 OBSERVATIONS = "observations"
 GOALS = "goals"
@@ -37,3 +39,17 @@ ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
 def action_name(dim: int, action_dim: int) -> str:
     """The name of action dimension ``dim``: Bridge's for 7-D actions, else ``dim<i>``."""
     return ACTION_NAMES[dim] if action_dim == len(ACTION_NAMES) else f"dim{dim}"
+
+
+@dataclass(frozen=True)
+class BatchInputs:
+    """The optional parts of a batch an agent consumes; the sampler loads exactly these.
+
+    Observation images and actions are always present. An agent declares the rest (see
+    ``Agent.inputs``), and the sampler, ``Policy`` and the simulator derive what to load or
+    require from it, so a new agent never needs a loading flag set by hand.
+    """
+
+    goal_image: bool = False  # ``goals.image`` (goal-conditioned agents)
+    proprio: bool = False  # ``observations.proprio`` is fed to the network
+    saliency: bool = False  # ``observations.saliency`` / ``saliency_mask`` regulariser targets

@@ -21,8 +21,8 @@ import torch
 from bridge_torch.batch import ACTIONS, GOALS, OBSERVATIONS, action_name
 from bridge_torch.data.actions import denormalize
 from bridge_torch.data.sampler import iterate_validation
+from bridge_torch.deploy.restore import restore_agent
 from bridge_torch.plots import grid, line_plot
-from bridge_torch.train.checkpoint import restore_agent
 from bridge_torch.train.distributed import DistInfo
 from bridge_torch.train.run_data import RunData, load_run_data
 from bridge_torch.train.validation import evaluate

@@ -1,20 +1,54 @@
-"""Agents: BC, GC-BC and GC-DDPM-BC behind one interface (see ``agents/base.py``).
+"""Agents behind one interface (``agents/base.py``), and the registry that names them.
 
-Choosing an agent is this explicit dict lookup, nothing more.
+Adding an agent is one module (its config dataclass next to its ``Agent`` subclass), one line in
+``AGENTS`` and one preset in ``conf/algo/``; the trainer, the sampler's loading, ``Policy``, the
+simulator, the demo and the benches all work from the registry and ``Agent.declared_inputs``.
 """
 
 import logging
+from typing import Any, NamedTuple
 
 from torch import nn
 
-from bridge_torch.agents.base import Agent, AgentConfig
-from bridge_torch.agents.bc import BCAgent, GCBCAgent
-from bridge_torch.agents.gc_ddpm_bc import GCDDPMBCAgent
+from bridge_torch.agents.base import Agent, AgentShapes
+from bridge_torch.agents.bc import BCAgent, BCConfig, GCBCAgent
+from bridge_torch.agents.gc_ddpm_bc import GCDDPMBCAgent, GCDDPMBCConfig
+from bridge_torch.batch import BatchInputs
 from bridge_torch.models.resnet import EncoderConfig, memory_format
 from bridge_torch.models.saliency import SaliencyConfig
 
-AGENTS: dict[str, type[Agent]] = {"bc": BCAgent, "gc_bc": GCBCAgent, "gc_ddpm_bc": GCDDPMBCAgent}
 log = logging.getLogger(__name__)
+
+
+class AgentSpec(NamedTuple):
+    """An agent class and the dataclass of its ``model`` config section."""
+
+    agent: type[Agent]
+    config: type
+
+
+AGENTS: dict[str, AgentSpec] = {
+    "bc": AgentSpec(BCAgent, BCConfig),
+    "gc_bc": AgentSpec(GCBCAgent, BCConfig),
+    "gc_ddpm_bc": AgentSpec(GCDDPMBCAgent, GCDDPMBCConfig),
+}
+
+
+def agent_spec(algo: str) -> AgentSpec:
+    """The registry entry of ``algo``, or a ValueError listing the known ones."""
+    if algo not in AGENTS:
+        raise ValueError(f"algo must be one of {sorted(AGENTS)}, got {algo!r}")
+    return AGENTS[algo]
+
+
+def model_config(algo: str, **values: Any) -> Any:
+    """``algo``'s model config with ``values`` over its defaults (a TypeError names a stray key)."""
+    return agent_spec(algo).config(**values)
+
+
+def agent_inputs(algo: str, model: Any, saliency: SaliencyConfig) -> BatchInputs:
+    """What ``algo`` consumes with these settings, without building it."""
+    return agent_spec(algo).agent.declared_inputs(model, saliency)
 
 
 def count_parameters(module: nn.Module) -> dict[str, int]:
@@ -28,17 +62,17 @@ def count_parameters(module: nn.Module) -> dict[str, int]:
     return counts
 
 
-def build_agent(algo: str, model: AgentConfig, encoder: EncoderConfig, saliency: SaliencyConfig,
-                *, action_dim: int, proprio_dim: int, obs_horizon: int, act_pred_horizon: int,
-                image_size: int) -> Agent:
+def build_agent(algo: str, model: Any, encoder: EncoderConfig, saliency: SaliencyConfig,
+                shapes: AgentShapes) -> Agent:
     """Construct an agent eagerly (no lazy modules: the optimizer sees every parameter)."""
-    if algo not in AGENTS:
-        raise ValueError(f"algo must be one of {sorted(AGENTS)}, got {algo!r}")
-    agent = AGENTS[algo](model, encoder, saliency, action_dim=action_dim, proprio_dim=proprio_dim,
-                         obs_horizon=obs_horizon, act_pred_horizon=act_pred_horizon,
-                         image_size=image_size)
+    spec = agent_spec(algo)
+    if not isinstance(model, spec.config):
+        raise TypeError(f"algo {algo!r} takes a {spec.config.__name__} model config, "
+                        f"got {type(model).__name__}")
+    agent = spec.agent(model, encoder, saliency, shapes)
     log.info("built %s with %s parameters", algo, f"{count_parameters(agent)['total']:,}")
     return agent.to(memory_format=memory_format(encoder))  # conv weights as the activations
 
 
-__all__ = ["AGENTS", "Agent", "AgentConfig", "build_agent", "count_parameters"]
+__all__ = ["AGENTS", "Agent", "AgentShapes", "AgentSpec", "agent_inputs", "agent_spec",
+           "build_agent", "count_parameters", "model_config"]

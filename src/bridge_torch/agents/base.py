@@ -1,7 +1,8 @@
-"""The agent contract and the one model config shared by BC, GC-BC and GC-DDPM-BC.
+"""The agent contract: what every agent consumes, computes and is built from.
 
 An agent is a plain ``nn.Module``: ``loss(batch) -> (loss, metrics)`` for training (``forward``
-is ``loss``, so DDP's gradient all-reduce runs when the trainer calls the wrapper — bug 36) and
+is ``loss``, so DDP's gradient all-reduce runs when the trainer calls the wrapper: DDP only
+synchronises gradients of a forward that went through it) and
 ``sample_actions`` for deployment. Agents never call backward, read the rank or touch the
 optimizer; the trainer owns those and keeps the EMA copy that sampling uses. Metrics are detached
 0-dim tensors, never ``.item()``: the trainer syncs only on log steps.
@@ -11,73 +12,37 @@ the trainer seeds per rank; sampling and validation draw from the ``generator`` 
 so they are deterministic and independent of the training streams.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
+from bridge_torch.agents.encoding import EncodingConfig
 from bridge_torch.batch import (
     ACTIONS,
     GOALS,
     OBSERVATIONS,
     SALIENCY,
     SALIENCY_MASK,
+    BatchInputs,
     action_name,
 )
-from bridge_torch.models.diffusion import BETA_SCHEDULES
 from bridge_torch.models.saliency import SaliencyConfig, predicted_mask, saliency_loss
 
 Batch = dict[str, Any]
 Metrics = dict[str, torch.Tensor]
 
 
-@dataclass
-class AgentConfig:
-    """Policy and score-network settings; defaults are JAX gc_bc / gc_ddpm_bc (§11.5)."""
+@dataclass(frozen=True)
+class AgentShapes:
+    """The data dimensions an agent is built for; saved in every checkpoint as a dict."""
 
-    hidden_dims: list[int] = field(default_factory=lambda: [256, 256, 256])  # policy MLP widths
-    dropout_rate: float = 0.1  # policy MLP and score-network dropout (JAX 0.1)
-    use_layer_norm: bool = False  # LayerNorm in the policy MLP (JAX False)
-    # BC Gaussian std: fixed, one value per action dim or one for all (JAX [1]*7; no parameter);
-    # None -> learned: a Dense head if state_dependent_std, else a per-dim log-std (zero init)
-    fixed_std: Optional[list[float]] = field(default_factory=lambda: [1.0] * 7)
-    state_dependent_std: bool = False  # std from a Dense head when fixed_std is None (JAX False)
-    tanh_squash_distribution: bool = False  # tanh-squashed Gaussian, mode tanh(mean) (JAX False)
-    # sampling only: BC divides the clipped log-std by it (JAX Policy, quirk 59: no effect with
-    # std 1), must be > 0 there; DDPM multiplies the injected noise by it (0 = no noise)
-    temperature: float = 1.0
-    use_proprio: bool = False  # concatenate the proprio history to the image features (JAX False)
-    early_goal_concat: bool = True  # GC: stack obs and goal on channels, one pass (JAX True)
-    shared_goal_encoder: bool = True  # GC late fusion: goal through the obs encoder (JAX True)
-    time_dim: int = 32  # DDPM Fourier time features (JAX 32)
-    num_blocks: int = 3  # DDPM MLPResNet blocks (JAX 3)
-    score_width: int = 256  # DDPM MLPResNet width (JAX's effective 256)
-    score_layer_norm: bool = True  # DDPM MLPResNet LayerNorm (JAX True)
-    diffusion_steps: int = 20  # DDPM T (JAX 20)
-    beta_schedule: str = "cosine"  # cosine | linear | vp (JAX cosine)
-    repeat_last_step: int = 0  # extra t=0 denoising updates when sampling (JAX 0)
-    clip_sampler: bool = True  # clip the sample to ±action_clip every step (JAX True)
-    action_clip: float = 2.0  # clip range in normalised units (JAX 2)
-
-    def __post_init__(self) -> None:
-        if not self.hidden_dims or min(self.hidden_dims) < 1:
-            raise ValueError(f"model.hidden_dims must be positive widths, got {self.hidden_dims}")
-        if not 0.0 <= self.dropout_rate < 1.0:
-            raise ValueError(f"model.dropout_rate must be in [0, 1), got {self.dropout_rate}")
-        if self.fixed_std is not None and min(self.fixed_std) <= 0:
-            raise ValueError(f"model.fixed_std must be > 0, got {self.fixed_std}")
-        if self.temperature < 0 or self.diffusion_steps < 1 or self.repeat_last_step < 0:
-            raise ValueError("model.temperature >= 0, diffusion_steps >= 1, "
-                             "repeat_last_step >= 0 required")
-        if self.time_dim < 2 or self.time_dim % 2:
-            raise ValueError(f"model.time_dim must be a positive even number, got {self.time_dim}")
-        if self.beta_schedule not in BETA_SCHEDULES:
-            raise ValueError(f"model.beta_schedule must be one of {BETA_SCHEDULES}, "
-                             f"got {self.beta_schedule!r}")
-        if self.score_width < 1 or self.num_blocks < 0 or self.action_clip <= 0:
-            raise ValueError("model.score_width >= 1, num_blocks >= 0 and action_clip > 0 "
-                             "required")
+    action_dim: int  # A
+    proprio_dim: int  # P
+    obs_horizon: int  # K: frames per observation
+    act_pred_horizon: int  # T_act: actions predicted per sample
+    image_size: int  # side of the square training images, in pixels
 
 
 def standard_normal(shape: tuple[int, ...], *, device: torch.device,
@@ -92,11 +57,26 @@ def standard_normal(shape: tuple[int, ...], *, device: torch.device,
 
 
 class Agent(nn.Module):
-    """Base of every agent: the saliency term, the eval-mode guard and validation metrics."""
+    """Base of every agent: its declared inputs and shapes, the saliency term, the eval-mode
+    guard and validation metrics.
 
-    def __init__(self, saliency: SaliencyConfig) -> None:
+    A subclass sets ``goal_conditioned`` and takes ``(model, encoder, saliency, shapes)``, where
+    ``model`` is its own config dataclass (registered next to it in ``agents/__init__.py``).
+    """
+
+    goal_conditioned = False  # consumes ``goals.image``
+
+    @classmethod
+    def declared_inputs(cls, model: EncodingConfig, saliency: SaliencyConfig) -> BatchInputs:
+        """The optional batch parts this agent consumes with these settings (no build needed)."""
+        return BatchInputs(goal_image=cls.goal_conditioned, proprio=model.use_proprio,
+                           saliency=saliency.enabled)
+
+    def __init__(self, model: EncodingConfig, saliency: SaliencyConfig,
+                 shapes: AgentShapes) -> None:
         super().__init__()
-        self.saliency = saliency
+        self.saliency, self.shapes = saliency, shapes
+        self.inputs = self.declared_inputs(model, saliency)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         """``loss(batch)``: the trainer calls the (DDP-wrapped) module so gradients all-reduce."""
@@ -114,7 +94,8 @@ class Agent(nn.Module):
     def sample_actions(self, observations: dict[str, torch.Tensor],
                        goals: Optional[dict[str, torch.Tensor]] = None, *, argmax: bool = False,
                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Normalised float32 actions (B, T_act, A); eval mode only (dropout off, bug 27).
+        """Normalised float32 actions (B, T_act, A); eval mode only, so dropout is off
+        (sampling with dropout on gives noisy, worse actions).
 
         Args:
             observations: ``image`` uint8 (B, K, H, W, 3), ``proprio`` float (B, K, P) if used.

@@ -1,17 +1,18 @@
-"""BC and GC-BC: image encoder -> MLP -> Gaussian policy, trained by −log π (spec §11.2-11.3).
+"""BC and GC-BC: image encoder -> MLP -> Gaussian policy, trained by −log π, and their config.
 
 With the JAX defaults (fixed std 1) the loss is ½·Σ(a−μ)² + ½·A·log 2π per sample, a scaled MSE.
 Action chunks are predicted jointly: the head outputs T_act·A means (T_act = 1 is the original).
 """
 
 import math
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 from torch import nn
 
-from bridge_torch.agents.base import Agent, AgentConfig, Batch, Metrics, standard_normal
-from bridge_torch.agents.encoding import ObservationEncoder
+from bridge_torch.agents.base import Agent, AgentShapes, Batch, Metrics, standard_normal
+from bridge_torch.agents.encoding import EncodingConfig, ObservationEncoder
 from bridge_torch.batch import ACTIONS, GOALS, OBSERVATIONS
 from bridge_torch.models.mlp import MLP, xavier_linear
 from bridge_torch.models.resnet import EncoderConfig
@@ -21,10 +22,35 @@ LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # JAX Policy clip
 TANH_EPS = 1e-6
 
 
+@dataclass
+class BCConfig(EncodingConfig):
+    """The ``model`` section of ``bc`` and ``gc_bc``; defaults are the original gc_bc config's."""
+
+    hidden_dims: list[int] = field(default_factory=lambda: [256, 256, 256])  # policy MLP widths
+    dropout_rate: float = 0.1  # policy MLP dropout (JAX 0.1)
+    use_layer_norm: bool = False  # LayerNorm in the policy MLP (JAX False)
+    # Gaussian std: fixed, one value per action dim (JAX [1]*7; no parameter); None -> learned:
+    # a Dense head if state_dependent_std, else a per-dim log-std (zero init)
+    fixed_std: Optional[list[float]] = field(default_factory=lambda: [1.0] * 7)
+    state_dependent_std: bool = False  # std from a Dense head when fixed_std is None (JAX False)
+    tanh_squash_distribution: bool = False  # tanh-squashed Gaussian, mode tanh(mean) (JAX False)
+    temperature: float = 1.0  # sampling only: scales the std of sampled actions (not the mode)
+
+    def __post_init__(self) -> None:
+        if not self.hidden_dims or min(self.hidden_dims) < 1:
+            raise ValueError(f"model.hidden_dims must be positive widths, got {self.hidden_dims}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"model.dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        if self.fixed_std is not None and min(self.fixed_std) <= 0:
+            raise ValueError(f"model.fixed_std must be > 0, got {self.fixed_std}")
+        if self.temperature < 0:
+            raise ValueError(f"model.temperature must be >= 0, got {self.temperature}")
+
+
 class GaussianHead(nn.Module):
     """Features -> (mean, std) of a diagonal Gaussian over (T_act, A) actions."""
 
-    def __init__(self, in_dim: int, cfg: AgentConfig, *, action_dim: int, horizon: int) -> None:
+    def __init__(self, in_dim: int, cfg: BCConfig, *, action_dim: int, horizon: int) -> None:
         super().__init__()
         self.shape = (horizon, action_dim)
         self.means = xavier_linear(in_dim, horizon * action_dim)
@@ -71,20 +97,18 @@ class BCAgent(Agent):
 
     goal_conditioned = False
 
-    def __init__(self, model: AgentConfig, encoder: EncoderConfig, saliency: SaliencyConfig, *,
-                 action_dim: int, proprio_dim: int, obs_horizon: int, act_pred_horizon: int,
-                 image_size: int) -> None:
-        super().__init__(saliency)
+    def __init__(self, model: BCConfig, encoder: EncoderConfig, saliency: SaliencyConfig,
+                 shapes: AgentShapes) -> None:
+        super().__init__(model, saliency, shapes)
         self.cfg = model
         self.encoder = ObservationEncoder(
-            encoder, goal_conditioned=self.goal_conditioned,
-            early_goal_concat=model.early_goal_concat,
-            shared_goal_encoder=model.shared_goal_encoder, use_proprio=model.use_proprio,
-            obs_horizon=obs_horizon, proprio_dim=proprio_dim, image_size=image_size)
+            model, encoder, goal_conditioned=self.goal_conditioned,
+            obs_horizon=shapes.obs_horizon, proprio_dim=shapes.proprio_dim,
+            image_size=shapes.image_size)
         self.mlp = MLP(self.encoder.out_dim, model.hidden_dims, activate_final=True,
                        use_layer_norm=model.use_layer_norm, dropout_rate=model.dropout_rate)
-        self.head = GaussianHead(self.mlp.out_dim, model, action_dim=action_dim,
-                                 horizon=act_pred_horizon)
+        self.head = GaussianHead(self.mlp.out_dim, model, action_dim=shapes.action_dim,
+                                 horizon=shapes.act_pred_horizon)
 
     def _distribution(self, observations: dict, goals: Optional[dict]
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Observation (and goal) encoding shared by every agent (spec §11.1, ``GCEncodingWrapper``).
+"""Observation (and goal) encoding shared by every agent (the original's ``GCEncodingWrapper``).
 
 Observation histories are encoded frame by frame and the features concatenated, oldest first.
 Goal fusion: *early* = each observation frame and the goal image stacked on channels before one
@@ -8,6 +8,8 @@ returned is the last stage's feature map of the current frame (index K-1): under
 is the joint observation+goal pass, the only map there is.
 """
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -15,25 +17,32 @@ from bridge_torch.batch import IMAGE, PROPRIO
 from bridge_torch.models.resnet import EncoderConfig, ResNetEncoder
 
 
+@dataclass
+class EncodingConfig:
+    """How observations and goals reach the network; the first fields of every agent's config."""
+
+    use_proprio: bool = False  # concatenate the proprio history to the image features (JAX False)
+    early_goal_concat: bool = True  # GC: stack obs and goal on channels, one pass (JAX True)
+    shared_goal_encoder: bool = True  # GC late fusion: goal through the obs encoder (JAX True)
+
+
 class ObservationEncoder(nn.Module):
     """(observations, goals) -> (features (B, D), current-frame feature map (B, C, h, w))."""
 
-    def __init__(self, encoder: EncoderConfig, *, goal_conditioned: bool, early_goal_concat: bool,
-                 shared_goal_encoder: bool, use_proprio: bool, obs_horizon: int,
-                 proprio_dim: int, image_size: int) -> None:
+    def __init__(self, cfg: EncodingConfig, encoder: EncoderConfig, *, goal_conditioned: bool,
+                 obs_horizon: int, proprio_dim: int, image_size: int) -> None:
         super().__init__()
-        self.goal_conditioned, self.use_proprio = goal_conditioned, use_proprio
-        self.early = goal_conditioned and early_goal_concat
-        self.obs_horizon, self.image_size = obs_horizon, image_size
+        self.goal_conditioned, self.use_proprio = goal_conditioned, cfg.use_proprio
+        self.early = goal_conditioned and cfg.early_goal_concat
         self.encoder = ResNetEncoder(encoder, in_channels=6 if self.early else 3)
         self.goal_encoder: ResNetEncoder | None = None
-        if goal_conditioned and not early_goal_concat and not shared_goal_encoder:
+        if goal_conditioned and not cfg.early_goal_concat and not cfg.shared_goal_encoder:
             self.goal_encoder = ResNetEncoder(encoder, in_channels=3)
         width = self.encoder.output_dim(image_size)
         self.out_dim = obs_horizon * width
         if goal_conditioned and not self.early:
             self.out_dim += width
-        if use_proprio:
+        if cfg.use_proprio:
             self.out_dim += obs_horizon * proprio_dim
 
     def forward(self, observations: dict[str, torch.Tensor],

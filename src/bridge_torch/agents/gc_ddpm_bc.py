@@ -1,38 +1,71 @@
-"""GC-DDPM-BC: goal-conditioned diffusion policy over action chunks (spec §11.4).
+"""GC-DDPM-BC: goal-conditioned diffusion policy over action chunks, and its config.
 
 Training: t ~ U{0..T-1}, x_t = sqrt(ᾱ_t)·a + sqrt(1-ᾱ_t)·ε, loss = mean over batch and horizon of
-Σ_A (ε̂ - ε)². Sampling (the trainer's EMA copy, eval mode: dropout off, bug 27): x_T ~ N(0, I),
+Σ_A (ε̂ - ε)². Sampling (the trainer's EMA copy, eval mode: dropout off): x_T ~ N(0, I),
 x ← (x − (1−α_t)/sqrt(1−ᾱ_t)·ε̂)/sqrt(α_t), noise sqrt(β_t)·temperature·z for t > 0, clip to ±2
 every step, then ``repeat_last_step`` extra t = 0 updates. The observation is encoded once per
 sample call: the encoder does not depend on t.
 """
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from bridge_torch.agents.base import Agent, AgentConfig, Batch, Metrics, standard_normal
-from bridge_torch.agents.encoding import ObservationEncoder
+from bridge_torch.agents.base import Agent, AgentShapes, Batch, Metrics, standard_normal
+from bridge_torch.agents.encoding import EncodingConfig, ObservationEncoder
 from bridge_torch.batch import ACTIONS, GOALS, OBSERVATIONS
-from bridge_torch.models.diffusion import ScoreNetwork, beta_schedule
+from bridge_torch.models.diffusion import BETA_SCHEDULES, ScoreNetwork, beta_schedule
 from bridge_torch.models.resnet import EncoderConfig
 from bridge_torch.models.saliency import SaliencyConfig
+
+
+@dataclass
+class GCDDPMBCConfig(EncodingConfig):
+    """The ``model`` section of ``gc_ddpm_bc``; defaults are the original gc_ddpm_bc config's."""
+
+    dropout_rate: float = 0.1  # score-network dropout (JAX 0.1)
+    time_dim: int = 32  # learnable Fourier time features (JAX 32)
+    num_blocks: int = 3  # MLPResNet blocks (JAX 3)
+    score_width: int = 256  # MLPResNet width (the original's effective width is 256)
+    score_layer_norm: bool = True  # MLPResNet LayerNorm (JAX True)
+    diffusion_steps: int = 20  # T (JAX 20)
+    beta_schedule: str = "cosine"  # cosine | linear | vp (JAX cosine)
+    repeat_last_step: int = 0  # extra t=0 denoising updates when sampling (JAX 0)
+    clip_sampler: bool = True  # clip the sample to ±action_clip every step (JAX True)
+    action_clip: float = 2.0  # clip range in normalised units (JAX 2)
+    temperature: float = 1.0  # multiplies the noise injected while sampling (0 = no noise)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"model.dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        if self.temperature < 0 or self.diffusion_steps < 1 or self.repeat_last_step < 0:
+            raise ValueError("model.temperature >= 0, diffusion_steps >= 1, "
+                             "repeat_last_step >= 0 required")
+        if self.time_dim < 2 or self.time_dim % 2:
+            raise ValueError(f"model.time_dim must be a positive even number, got {self.time_dim}")
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"model.beta_schedule must be one of {BETA_SCHEDULES}, "
+                             f"got {self.beta_schedule!r}")
+        if self.score_width < 1 or self.num_blocks < 0 or self.action_clip <= 0:
+            raise ValueError("model.score_width >= 1, num_blocks >= 0 and action_clip > 0 "
+                             "required")
 
 
 class GCDDPMBCAgent(Agent):
     """Goal-conditioned DDPM behaviour cloning."""
 
-    def __init__(self, model: AgentConfig, encoder: EncoderConfig, saliency: SaliencyConfig, *,
-                 action_dim: int, proprio_dim: int, obs_horizon: int, act_pred_horizon: int,
-                 image_size: int) -> None:
-        super().__init__(saliency)
+    goal_conditioned = True
+
+    def __init__(self, model: GCDDPMBCConfig, encoder: EncoderConfig, saliency: SaliencyConfig,
+                 shapes: AgentShapes) -> None:
+        super().__init__(model, saliency, shapes)
         self.cfg = model
-        self.action_shape = (act_pred_horizon, action_dim)
+        self.action_shape = (shapes.act_pred_horizon, shapes.action_dim)
         self.encoder = ObservationEncoder(
-            encoder, goal_conditioned=True, early_goal_concat=model.early_goal_concat,
-            shared_goal_encoder=model.shared_goal_encoder, use_proprio=model.use_proprio,
-            obs_horizon=obs_horizon, proprio_dim=proprio_dim, image_size=image_size)
-        self.score = ScoreNetwork(self.encoder.out_dim, act_pred_horizon * action_dim,
+            model, encoder, goal_conditioned=True, obs_horizon=shapes.obs_horizon,
+            proprio_dim=shapes.proprio_dim, image_size=shapes.image_size)
+        self.score = ScoreNetwork(self.encoder.out_dim, shapes.act_pred_horizon * shapes.action_dim,
                                   time_dim=model.time_dim, num_blocks=model.num_blocks,
                                   width=model.score_width, dropout_rate=model.dropout_rate,
                                   use_layer_norm=model.score_layer_norm)

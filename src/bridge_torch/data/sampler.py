@@ -1,13 +1,14 @@
-"""Vectorised transition sampling: whole batches by index arithmetic on the device (design §3).
+"""Vectorised transition sampling: whole batches by index arithmetic on the device.
 
 ``TransitionSampler.sample(B)`` draws B transitions with a handful of tensor ops, no per-sample
 Python: sub-datasets are mixed by ``sample_weights`` (uniform over sub-datasets when None, as
 JAX), transitions are uniform within a sub-dataset (so long trajectories are drawn more often than
-short ones, reference-spec §6.2, not trajectory-uniform as the earlier port, §16 item 7), goals
+short ones, as the original does; not trajectory-uniform as the earlier port was), goals
 follow the relabelling strategy (``data/goals.py``), the observation window ``t-K+1..t`` repeats
 the first frame before the trajectory start and the action chunk ``t..t+T_act-1`` repeats the last
-action (§6.4); every transition is a valid sample. ``iterate_validation`` visits every transition
-of a split exactly once, in order, with seeded goals.
+action (docs/semantics.md, 'Observation and action horizons'); every transition is a valid
+sample. ``iterate_validation`` visits every transition of a split exactly once, in order, with
+seeded goals.
 
 Random numbers come from a CPU ``torch.Generator`` whatever the device (a few floats per sample,
 copied asynchronously), so a seed gives the same batches on CPU and CUDA, with frames on the
@@ -21,7 +22,6 @@ import functools
 import itertools
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -35,65 +35,14 @@ from bridge_torch.batch import (
     SALIENCY,
     SALIENCY_MASK,
 )
-from bridge_torch.data.actions import NORMALIZATION_TYPES
-from bridge_torch.data.goals import GOAL_STRATEGIES, sample_goal_frames, sampled_lengths
+from bridge_torch.data.goals import sample_goal_frames, sampled_lengths
 from bridge_torch.data.saliency_targets import aggregate_window, minmax_normalize
+from bridge_torch.data.sampler_config import SamplerConfig
 from bridge_torch.data.training_data import TrainingData
 from bridge_torch.data.transfer import to_device
 
 __all__ = ["SamplerConfig", "TrainingData", "TransitionSampler", "iterate_validation"]
-FRAME_STORAGE = ("auto", "device", "host")
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SamplerConfig:
-    """What a sample contains and how it is drawn (reference-spec §6.3-§6.5)."""
-
-    obs_horizon: int = 1  # K: frames t-K+1..t per observation (JAX obs_horizon; None there = 1)
-    act_pred_horizon: int = 1  # T_act: actions t..t+T_act-1 per sample (JAX act_pred_horizon)
-    # "uniform" | "last_state_upweighted" | "geometric" | "delta_goals" (JAX GC configs "uniform")
-    goal_relabeling_strategy: str = "uniform"
-    reached_proportion: float = 0.0  # probability that the goal is the next frame (JAX GC-BC 0.0)
-    discount: float = 0.98  # "geometric": P(goal k steps ahead) ∝ discount**k, in (0, 1]
-    # "delta_goals" [lo, hi): goal frame in [t+lo, t+hi); the last lo transitions of every
-    # trajectory are not sampled (JAX goal_delta, no default there)
-    goal_delta: list[int] = field(default_factory=lambda: [0, 1_000_000])
-    relabel_actions: bool = True  # achieved proprio deltas + binarised gripper (JAX True)
-    normalization_type: str = "normal"  # "normal" (JAX) | "bounds" | "none"
-    load_goals: bool = True  # False: no "goals" in the batch (BC); saves a gather and augment
-    load_saliency: bool = False  # add observations.saliency / saliency_mask (port: --saliency)
-    saliency_alpha: float = 1.0  # decay per frame of age in the window's saliency sum (port 1.0)
-    camera: str = "images0"  # stored camera used as the observation (JAX images0)
-    # "auto" | "device" | "host": where frames live (data/training_data.py); "auto" = device
-    # when they take less than half of its free memory
-    frame_storage: str = "auto"
-
-    def __post_init__(self) -> None:
-        for key in ("obs_horizon", "act_pred_horizon"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.goal_relabeling_strategy not in GOAL_STRATEGIES:
-            raise ValueError(f"goal_relabeling_strategy must be one of {GOAL_STRATEGIES}, got "
-                             f"{self.goal_relabeling_strategy!r}")
-        if not 0.0 <= self.reached_proportion <= 1.0:
-            raise ValueError(f"reached_proportion must be in [0, 1], got {self.reached_proportion}")
-        if not 0.0 < self.discount <= 1.0:
-            raise ValueError(f"discount must be in (0, 1], got {self.discount}")
-        if len(self.goal_delta) != 2 or self.goal_delta[0] < 0 or \
-                self.goal_delta[1] <= self.goal_delta[0]:
-            raise ValueError(f"goal_delta must be [lo, hi] with 0 <= lo < hi, got "
-                             f"{list(self.goal_delta)}")
-        if self.normalization_type not in NORMALIZATION_TYPES:
-            raise ValueError(f"normalization_type must be one of {NORMALIZATION_TYPES}, got "
-                             f"{self.normalization_type!r}")
-        if self.saliency_alpha < 0:
-            raise ValueError(f"saliency_alpha must be >= 0, got {self.saliency_alpha}")
-        if self.frame_storage not in FRAME_STORAGE:
-            raise ValueError(f"frame_storage must be one of {FRAME_STORAGE}, got "
-                             f"{self.frame_storage!r}")
-        if not self.camera:
-            raise ValueError("camera must name a stored camera, e.g. 'images0'")
 
 
 class _TransitionIndex:

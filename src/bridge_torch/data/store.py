@@ -1,4 +1,4 @@
-"""The packed store: one directory of memory-mappable ``.npy`` files per split (design §2).
+"""The packed store: one directory of memory-mappable ``.npy`` files per split.
 
 Frames are stored once (T+1 frames for T transitions; next_observations[t] is frame t+1), next to
 flat proprio/action arrays and per-trajectory index arrays. Nothing is pickled: every array loads
@@ -12,7 +12,7 @@ Layout of a store directory::
     frames_<camera>.npy       uint8   (N, H, W, 3)   N = sum over trajectories of T+1
     proprio.npy               float32 (N, P)
     actions.npy               float32 (M, A)         M = sum of T, raw commanded actions
-    actions_relabeled.npy     float32 (M, A)         reference-spec §6.3, computed at pack time
+    actions_relabeled.npy     float32 (M, A)         proprio deltas + binarised gripper (at pack time)
     saliency.npy              float16 (N, H, W)      only if some trajectory has saliency
     traj_frame_start.npy      int64 (n,)   traj_action_start.npy int64 (n,)
     traj_length.npy           int64 (n,)   traj_has_saliency.npy bool (n,)

@@ -1,4 +1,4 @@
-"""All transitions of a split as flat tensors with global index arrays (design §3).
+"""All transitions of a split as flat tensors with global index arrays.
 
 ``TrainingData.from_stores`` concatenates the packed stores of every sub-dataset once: proprio and
 actions are normalised at build time and live on the sampling device; trajectory index arrays
@@ -18,17 +18,15 @@ is pure index arithmetic. Frames (and saliency maps) are the only large arrays; 
 import logging
 import os
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from bridge_torch.data.actions import normalize
+from bridge_torch.data.sampler_config import SamplerConfig
 from bridge_torch.data.store import PackedStore
-
-if TYPE_CHECKING:
-    from bridge_torch.data.sampler import SamplerConfig
 
 log = logging.getLogger(__name__)
 DEVICE_MEMORY_FRACTION = 0.5  # "auto" puts frames on the device below this share of free memory
@@ -202,7 +200,7 @@ class TrainingData:
 
     @classmethod
     def from_stores(cls, sub_datasets: list[list[PackedStore]], stats: dict[str, Any],
-                    cfg: "SamplerConfig", device: torch.device | str) -> "TrainingData":
+                    cfg: SamplerConfig, device: torch.device | str) -> "TrainingData":
         """Concatenate the stores of every sub-dataset (in order) and normalise once.
 
         Args:

@@ -1,9 +1,10 @@
 """A trained agent as a robot policy: camera frames (and a goal image) in, robot actions out.
 
 ``Policy.from_run(run_dir)`` restores the EMA weights strictly and wraps them with what the robot
-loop needs (spec §14): frames of any size resized as the training images were made (PIL LANCZOS
-squash of the full frame, so deployment matches the converter; the JAX robot service resized with
-skimage instead, bug 53); an observation history padded with the first frame at episode start;
+loop needs (docs/semantics.md, 'Deployment'): frames of any size resized as the training images
+were made (PIL LANCZOS squash of the full frame, so deployment matches the converter; the JAX
+robot service resized with skimage anti-aliasing instead, a small train/deploy mismatch); an
+observation history padded with the first frame at episode start;
 action chunks executed ``act_exec_horizon`` at a time before predicting again; actions
 un-normalised with the run's statistics; an optional sticky gripper. ``BatchedPolicy`` does the
 same for many environments at once, keeping each one's history, chunk and gripper state.
@@ -24,9 +25,9 @@ from bridge_torch.agents.base import Agent
 from bridge_torch.batch import IMAGE, PROPRIO
 from bridge_torch.data.actions import denormalize, normalize
 from bridge_torch.deploy.graphed import GraphedSampler
-from bridge_torch.train.checkpoint import restore_agent
+from bridge_torch.deploy.restore import restore_agent
 
-GRIPPER_THRESHOLD = 0.5  # a gripper value below this asks for "closed" (spec §14.1)
+GRIPPER_THRESHOLD = 0.5  # a gripper value below this asks for "closed"
 
 
 def resize_frame(image: np.ndarray, size: int) -> np.ndarray:
@@ -43,11 +44,14 @@ def resize_frame(image: np.ndarray, size: int) -> np.ndarray:
 class BatchedPolicy:
     """Acts for ``num_envs`` environments at once; each keeps its own episode state."""
 
-    def __init__(self, agent: Agent, *, stats: dict, normalization_type: str, image_size: int,
-                 obs_horizon: int, num_envs: int = 1, act_exec_horizon: int = 1,
+    def __init__(self, agent: Agent, *, stats: dict, normalization_type: str,
+                 num_envs: int = 1, act_exec_horizon: int = 1,
                  sticky_gripper_num_steps: Optional[int] = 1, argmax: bool = True,
                  seed: int = 0, cuda_graphs: bool = False) -> None:
-        """Args:
+        """The image size, observation history and required inputs come from the agent's
+        ``shapes`` and ``inputs``.
+
+        Args:
             act_exec_horizon: actions of each predicted chunk executed before predicting again.
             sticky_gripper_num_steps: consecutive disagreeing actions before the gripper state
                 flips (JAX 1); None = pass the raw gripper value through.
@@ -60,7 +64,8 @@ class BatchedPolicy:
         if act_exec_horizon < 1:
             raise ValueError(f"act_exec_horizon must be >= 1, got {act_exec_horizon}")
         self.agent, self.stats, self.kind = agent.eval(), stats, normalization_type
-        self.image_size, self.obs_horizon, self.num_envs = image_size, obs_horizon, num_envs
+        self.image_size, self.obs_horizon = agent.shapes.image_size, agent.shapes.obs_horizon
+        self.num_envs = num_envs
         self.act_exec_horizon, self.sticky = act_exec_horizon, sticky_gripper_num_steps
         self.argmax = argmax
         self.device = next(agent.parameters()).device
@@ -69,8 +74,7 @@ class BatchedPolicy:
             raise ValueError(f"cuda_graphs needs an agent on CUDA, this one is on {self.device}")
         self.graphed = (GraphedSampler(agent, argmax=argmax, generator=self.generator)
                         if cuda_graphs else None)
-        self.goal_conditioned = bool(getattr(agent.encoder, "goal_conditioned", False))
-        self.uses_proprio = bool(getattr(agent.encoder, "use_proprio", False))
+        self.goal_conditioned, self.uses_proprio = agent.inputs.goal_image, agent.inputs.proprio
         self.reset()
 
     @classmethod
@@ -78,11 +82,8 @@ class BatchedPolicy:
                  use_ema: bool = True, **kwargs: Any) -> "BatchedPolicy":
         """Restore a run's checkpoint (latest by default; strict loading) as a policy."""
         restored = restore_agent(run_dir, checkpoint, device=device, use_ema=use_ema)
-        cfg = restored.config
         return cls(restored.agent, stats=restored.stats,
-                   normalization_type=cfg.data.normalization_type,
-                   image_size=restored.agent.encoder.image_size,
-                   obs_horizon=cfg.data.obs_horizon, **kwargs)
+                   normalization_type=restored.config.data.normalization_type, **kwargs)
 
     def reset(self, env_ids: Optional[list[int]] = None) -> None:
         """Start new episodes (all environments by default)."""
@@ -157,7 +158,8 @@ class BatchedPolicy:
             self.chunks[i], self.chunk_step[i] = chunk[row], 0
 
     def _postprocess_gripper(self, actions: np.ndarray) -> np.ndarray:
-        """Sticky gripper (spec §14.1): flip only after ``sticky`` disagreeing actions."""
+        """Sticky gripper (docs/semantics.md, 'Deployment'): flip only after ``sticky``
+        disagreeing actions."""
         if self.sticky is None:
             return actions
         wants_closed = actions[:, -1] < GRIPPER_THRESHOLD

@@ -1,4 +1,4 @@
-"""Write simulated demonstrations as raw BridgeData trajectories (spec §1), for the converter.
+"""Write simulated demonstrations as raw BridgeData trajectories, for the converter.
 
 Only the files the converter reads are written: ``images0/im_<t>.jpg``, ``obs_dict.pkl``
 (``full_state``, ``time_stamp``), ``policy_out.pkl`` (a list of dicts with ``actions``) and

@@ -48,8 +48,7 @@ def sim_eval_metrics(agent: nn.Module, stats: dict[str, Any], config: TrainConfi
     try:
         policy = BatchedPolicy(agent, stats=stats,
                                normalization_type=config.data.normalization_type,
-                               image_size=agent.encoder.image_size,
-                               obs_horizon=config.data.obs_horizon, seed=config.seed)
+                               seed=config.seed)
         report = evaluate_policy(policy, settings, progress=False)
     finally:
         agent.train(was_training)

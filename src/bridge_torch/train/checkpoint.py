@@ -8,20 +8,15 @@ dicts of the raw agent — never a compiled or DDP-wrapped module), ``optimizer`
 Loading uses ``torch.load(weights_only=True)``: no pickled objects, no code execution.
 """
 
-import json
 import os
 import pickle
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-
-from bridge_torch.agents import build_agent
-from bridge_torch.train.config import TrainConfig, load_config
 
 CHECKPOINT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
 PARTIAL_RE = re.compile(r"^\.ckpt_\d+\.pt\.\d+\.tmp$")  # save()'s temp file while it writes
@@ -144,17 +139,6 @@ def load_module_state(module: nn.Module, state: dict[str, torch.Tensor], *, sour
     module.load_state_dict(state, strict=True)
 
 
-@dataclass
-class RestoredAgent:
-    """A trained agent ready for inference, with what a deployment needs to use it."""
-
-    agent: nn.Module  # in eval mode, on the requested device
-    config: TrainConfig  # the run's config
-    stats: dict  # normalisation statistics {"actions": {...}, "proprio": {...}}
-    step: int  # updates the weights had seen
-    path: Path  # the checkpoint file
-
-
 def resolve_checkpoint(run_dir: Path, checkpoint: str | Path | int | None) -> Path:
     """None -> the latest checkpoint; an int -> ``ckpt_<int>.pt``; a path -> that file."""
     if checkpoint is None:
@@ -166,45 +150,3 @@ def resolve_checkpoint(run_dir: Path, checkpoint: str | Path | int | None) -> Pa
         return checkpoint_path(run_dir, checkpoint)
     path = Path(checkpoint)
     return path if path.is_absolute() else Path(run_dir) / path
-
-
-def restore_agent(
-    run_dir: str | Path,
-    checkpoint: str | Path | int | None = None,
-    *,
-    device: str | torch.device,
-    use_ema: bool = True,
-) -> RestoredAgent:
-    """Rebuild the run's agent and load a checkpoint's weights into it, strictly.
-
-    Args:
-        run_dir: a run directory (holds config.yaml and ckpt_<step>.pt files).
-        checkpoint: None (latest), a step, or a checkpoint path (relative to run_dir or absolute).
-        device: where the agent goes.
-        use_ema: load the EMA weights when the run kept an EMA (else the trained weights).
-    Raises:
-        ValueError: the checkpoint was trained with another algo or action dimension than the
-            run's config/statistics, or its weights do not fit the agent (names the keys).
-    """
-    run_dir = Path(run_dir)
-    config = load_config(run_dir / "config.yaml")
-    path = resolve_checkpoint(run_dir, checkpoint)
-    state = load(path)
-    saved_algo = state["config"].get("algo")
-    if saved_algo != config.algo:
-        raise ValueError(
-            f"{path} was trained with algo {saved_algo!r} but {run_dir} is a {config.algo!r} run"
-        )
-    shapes = state["agent_shapes"]
-    run_stats = json.loads((run_dir / "stats.json").read_text())
-    run_action_dim = len(run_stats["actions"]["mean"])
-    if shapes["action_dim"] != run_action_dim:
-        raise ValueError(
-            f"{path} has action_dim {shapes['action_dim']} but the run {run_dir} was trained "
-            f"on {run_action_dim}-dimensional actions (stats.json)"
-        )
-    agent = build_agent(config.algo, config.model, config.encoder, config.saliency, **shapes)
-    weights_key = "ema" if use_ema and state["ema"] is not None else "model"
-    load_module_state(agent, state[weights_key], source=f"{path} [{weights_key}]")
-    agent.to(device).eval()
-    return RestoredAgent(agent, config, state["stats"], int(state["step"]), path)

@@ -4,13 +4,16 @@
 lists it first in its defaults, so every YAML file and every command-line override is checked
 against these types (unknown keys and wrong types fail at composition), and each dataclass's
 ``__post_init__`` checks values when the composed config becomes a ``TrainConfig``.
-Defaults are the JAX ``train_config.py`` values (reference-spec §11.5) unless a comment says why.
+Defaults are the JAX ``train_config.py`` values (docs/semantics.md, 'Training defaults') unless
+a comment says why.
 The model, encoder, saliency, sampler and augmentation sections are the owners' dataclasses.
 """
 
-from dataclasses import dataclass, field
+import difflib
+import logging
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import yaml
@@ -20,13 +23,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from bridge_torch.agents import AGENTS
-from bridge_torch.agents.base import AgentConfig
-from bridge_torch.data.augment.augmenter import AugmentConfig
-from bridge_torch.data.sampler import SamplerConfig
+from bridge_torch.agents import AGENTS, agent_inputs, agent_spec
+from bridge_torch.data.augment import AugmentConfig
+from bridge_torch.data.sampler_config import SamplerConfig
 from bridge_torch.models.resnet import EncoderConfig
 from bridge_torch.models.saliency import SaliencyConfig
 
+log = logging.getLogger(__name__)
 CONFIG_GROUPS = ("algo", "bridgedata")  # Hydra groups under conf/; fixed for a run on resume
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 WANDB_MODES = ("online", "offline", "disabled")
@@ -34,7 +37,8 @@ WANDB_MODES = ("online", "offline", "disabled")
 
 @dataclass
 class BridgeDataConfig:
-    """Which task directories under ``data_path`` to train on (reference-spec §6.1)."""
+    """Which task directories under ``data_path`` to train on (docs/semantics.md, 'Task
+    selection')."""
 
     # list of sub-datasets, each a list of glob patterns relative to data_path ("**" = any depth);
     # default: every task directory holding a train split (the `all_local` preset)
@@ -64,9 +68,17 @@ class BridgeDataConfig:
 
 @dataclass
 class DataConfig(SamplerConfig):
-    """The sampler's settings plus the augmentation applied to every training batch."""
+    """The sampler's settings plus the augmentation applied to every training batch.
 
-    augment: AugmentConfig = field(default_factory=AugmentConfig)  # reference-spec §9.1
+    What is loaded besides images and actions follows the agent (``Agent.declared_inputs``):
+    ``load_goals`` and ``load_saliency`` are filled in from it, and setting either to a value
+    the agent contradicts is an error.
+    """
+
+    load_goals: Optional[bool] = None  # derived: the agent reads goal images
+    load_saliency: Optional[bool] = None  # derived: saliency.enabled
+    # what the original draws, per sample (docs/semantics.md, 'Augmentation')
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -231,7 +243,8 @@ class TrainConfig:
     device: str = "auto"  # "auto" (CUDA if available, else CPU) | "cpu" | "cuda" | "cuda:N"
     resume: Optional[str] = None  # a run directory: continue it exactly from its latest checkpoint
     bridgedata: BridgeDataConfig = field(default_factory=BridgeDataConfig)
-    model: AgentConfig = field(default_factory=AgentConfig)
+    # the agent's own settings, validated by its config dataclass (``agents.AGENTS[algo]``)
+    model: Any = field(default_factory=dict)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -245,8 +258,8 @@ class TrainConfig:
     sim_eval: SimEvalConfig = field(default_factory=SimEvalConfig)
 
     def __post_init__(self) -> None:
-        if self.algo not in AGENTS:
-            raise ValueError(f"algo must be one of {sorted(AGENTS)}, got {self.algo!r}")
+        self.model = typed_model_config(self.algo, self.model)
+        derive_loading(self)
         positive = ("batch_size", "val_batch_size", "num_steps", "log_interval", "eval_interval",
                     "save_interval")
         for key in positive:
@@ -264,17 +277,61 @@ class TrainConfig:
                 torch.device(self.device)
             except RuntimeError as error:
                 raise ValueError(f"device {self.device!r} is not a torch device: {error}") from None
-        if self.saliency.enabled and not self.data.load_saliency:
-            raise ValueError("saliency.enabled needs data.load_saliency=true (the target maps)")
 
     @property
     def run_name(self) -> str:
         return self.name or self.algo
 
 
+def typed_model_config(algo: str, model: Any) -> Any:
+    """The ``model`` section as ``algo``'s config dataclass.
+
+    A key of another registered agent is dropped with a log line, so one override list can
+    sweep several algorithms (``-m algo=bc,gc_ddpm_bc model.hidden_dims=[128]``); a key no agent
+    knows, or a wrong type, is an error naming ``model.<key>`` and this agent's settings.
+    """
+    spec = agent_spec(algo)
+    if isinstance(model, spec.config):
+        return model
+    values = dict(model or {})
+    own = {f.name for f in fields(spec.config)}
+    others = {f.name for other in AGENTS.values() for f in fields(other.config)} - own
+    for key in sorted(set(values) & others):
+        log.info("model.%s is not a setting of algo %r: ignored", key, algo)
+        del values[key]
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(spec.config), values)
+    except OmegaConfBaseException as err:
+        reason = str(err.msg).splitlines()[0]
+        close = difflib.get_close_matches(str(err.key), own, n=1)
+        hint = f" (did you mean model.{close[0]}?)" if close and close[0] != err.key else ""
+        raise ValueError(f"model.{err.key}: {reason}{hint}; the model settings of algo "
+                         f"{algo!r} are: {', '.join(sorted(own))}") from None
+    return OmegaConf.to_object(merged)
+
+
+def derive_loading(config: "TrainConfig") -> None:
+    """Fill ``data.load_goals`` / ``data.load_saliency`` from what the agent consumes."""
+    inputs = agent_inputs(config.algo, config.model, config.saliency)
+    for key, needed in (("load_goals", inputs.goal_image), ("load_saliency", inputs.saliency)):
+        given = getattr(config.data, key)
+        if given is not None and given != needed:
+            why = ("saliency.enabled" if key == "load_saliency"
+                   else f"algo {config.algo!r} {'reads' if needed else 'never reads'} goals")
+            raise ValueError(f"data.{key}={given} contradicts {why}: it follows the agent, "
+                             "drop the override")
+        setattr(config.data, key, needed)
+
+
 def register_configs() -> None:
-    """Put the schema in Hydra's ConfigStore so conf/config.yaml can start its defaults with it."""
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    """Put the schema in Hydra's ConfigStore so conf/config.yaml can start its defaults with it.
+
+    The ``model`` section stays open to Hydra: which keys it may hold depends on ``algo``, and
+    ``typed_model_config`` checks them against that agent's config once the algo is known.
+    """
+    schema = OmegaConf.structured(TrainConfig)
+    OmegaConf.set_struct(schema.model, False)
+    ConfigStore.instance().store(name="train_schema", node=schema)
 
 
 def to_container(config: TrainConfig) -> dict:
@@ -297,6 +354,14 @@ def _read_saved(path: Path) -> DictConfig:
 def load_config(path: Path) -> TrainConfig:
     """Read a saved config.yaml back into a validated ``TrainConfig``."""
     return OmegaConf.to_object(_read_saved(path))
+
+
+def config_from_container(saved: dict, *, source: str) -> TrainConfig:
+    """A config saved as plain containers (a checkpoint's) as a validated ``TrainConfig``."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), saved))
+    except (OmegaConfBaseException, ValueError) as err:
+        raise ValueError(f"{source} is not a valid bridge-torch config: {err}") from err
 
 
 def resolve_config(cfg: DictConfig, overrides: list[str]) -> TrainConfig:

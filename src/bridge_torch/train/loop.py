@@ -147,7 +147,7 @@ def build_training_state(
     augmenter = Augmenter(config.data.augment, seed=stream_seed + AUGMENT_STREAM)
     seed_everything(config.seed)  # the same initial weights on every rank
     agent = build_agent(
-        config.algo, config.model, config.encoder, config.saliency, **data.agent_shapes
+        config.algo, config.model, config.encoder, config.saliency, data.agent_shapes
     ).to(device)
     ema = EMA(agent, config.ema.rate) if config.ema.enabled else None
     optimizer = build_optimizer(agent.parameters(), config.optimizer, device)
@@ -172,9 +172,10 @@ def train_step(
     own (only the float16 GradScaler reads its overflow flag on the host).
 
     Order matters: autocast wraps only the forward/loss (backward and the optimizer step run
-    outside it, reference-spec §16 bug 40); the forward goes THROUGH ``state.model`` — the
-    compiled / DDP-wrapped agent — because DDP all-reduces gradients only for its own forward
-    (bug 36); gradients are unscaled before clipping so the threshold applies to true values.
+    outside it); the forward goes THROUGH ``state.model`` — the compiled / DDP-wrapped agent —
+    because DDP all-reduces gradients only for its own forward (calling the inner module would
+    leave the ranks unsynchronised); gradients are unscaled before clipping so the threshold
+    applies to true values.
     """
     device_type = batch[ACTIONS].device.type
     with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from bridge_torch.agents import AgentShapes
 from bridge_torch.data.datasets import open_sub_datasets, training_statistics
 from bridge_torch.data.sampler import TrainingData
 from bridge_torch.train.config import TrainConfig
@@ -24,7 +25,7 @@ class RunData:
     train: TrainingData
     val: TrainingData | None  # None when no task directory has a val split
     stats: dict  # {"actions": {...}, "proprio": {...}} of the train split
-    agent_shapes: dict  # build_agent's data keyword arguments (also saved in checkpoints)
+    agent_shapes: AgentShapes  # the dimensions the agent is built for (saved in checkpoints)
 
 
 def load_run_data(config: TrainConfig, device: torch.device, stats: dict | None = None) -> RunData:
@@ -47,11 +48,7 @@ def load_run_data(config: TrainConfig, device: torch.device, stats: dict | None 
     height, width = train.image_size
     if height != width:
         raise ValueError(f"the encoders expect square images, the stores hold {height}x{width}")
-    shapes = {
-        "action_dim": train.action_dim,
-        "proprio_dim": train.proprio_dim,
-        "obs_horizon": config.data.obs_horizon,
-        "act_pred_horizon": config.data.act_pred_horizon,
-        "image_size": height,
-    }
+    shapes = AgentShapes(action_dim=train.action_dim, proprio_dim=train.proprio_dim,
+                         obs_horizon=config.data.obs_horizon,
+                         act_pred_horizon=config.data.act_pred_horizon, image_size=height)
     return RunData(train, val, stats, shapes)

@@ -8,7 +8,7 @@ too. Only rank 0 writes; the other ranks wait at a barrier so nobody races ahead
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ class TrainState:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA), numpy and python's global RNGs (reference-spec §16 bug 43)."""
+    """Seed torch (CPU and CUDA), numpy and python's global RNGs: one seed, one run."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
@@ -143,7 +143,7 @@ def save_training_state(
             "step": step,
             "config": to_container(config),
             "stats": data.stats,
-            "agent_shapes": data.agent_shapes,
+            "agent_shapes": asdict(data.agent_shapes),
             "model_summary": summary,
             "model": state.agent.state_dict(),
             "ema": state.ema.state_dict() if state.ema is not None else None,

@@ -1,20 +1,21 @@
 """``bridge-torch-convert``: raw BridgeData -> ``<task>/{train,val}/out.npy`` and/or packed stores.
 
 Same flags, output layout and out.npy bytes as the original ``bridgedata_raw_to_numpy.py``
-(reference-spec §2-§3, §5), with these differences:
+(docs/semantics.md, 'Data format and latency shift'), with these differences:
 
 * ``--seed`` (default 0): each dated folder's train/val shuffle uses a generator keyed by the seed
   and the folder's output-relative path, so the split is reproducible and independent of worker
-  scheduling (§16 item 9).
+  scheduling (the original shuffled unseeded).
 * Bad trajectories and folders (see the reasons in ``raw.py`` and below) are skipped, each
   logged with what was expected vs found and counted per reason in the summary printed at the
   end; unexpected errors are logged with a traceback and counted too. Nothing crashes the pool.
-* No empty split directories (§16 item 10): a collection without val trajectories gets only
+* No empty split directories: a collection without val trajectories gets only
   ``train/`` (logged) where the original wrote nothing at all.
 * Every output is written under a temporary name and renamed; ``conversion.json`` (settings and
   counts) is written last, so a collection without it is unfinished: a re-run without
   ``--overwrite`` skips finished collections and converts unfinished ones again.
-* Workers get all their inputs as arguments and start with ``spawn`` (§16 item 12);
+* Workers get all their inputs as arguments and start with ``spawn`` (the original's
+  workers read a module global, which only works with fork);
   ``--num_workers <= 1`` converts in-process.
 * ``--format packed|both`` writes ``<split>/packed/`` (``data/store.py``) from the same
   trajectories; trajectories lacking one of ``--cameras`` are then skipped from both outputs.
@@ -125,7 +126,7 @@ class CollectionReport:
 
 
 def relative_output(collection: Path, depth: int) -> Path:
-    """The last ``max(depth - 1, 1)`` components of a collection path (§2)."""
+    """The last ``max(depth - 1, 1)`` components of a collection path."""
     return Path(*Path(collection).absolute().parts[-max(depth - 1, 1):])
 
 
