@@ -10,7 +10,7 @@ A batch is a nested ``dict`` of tensors, all on the training device::
         "saliency_mask": bool    (B,)             True where the sample has a usable target
       },
       "goals": {
-        "image":   uint8   (B, H, W, 3)           next_observations[goal index] (see docs/semantics.md)
+        "image":   uint8   (B, H, W, 3)           next_observations[goal index]
         "proprio": float32 (B, P)
       },
       "actions": float32 (B, T_act, A)            actions t..t+T_act-1, padded with the last action,

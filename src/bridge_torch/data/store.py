@@ -12,7 +12,7 @@ Layout of a store directory::
     frames_<camera>.npy       uint8   (N, H, W, 3)   N = sum over trajectories of T+1
     proprio.npy               float32 (N, P)
     actions.npy               float32 (M, A)         M = sum of T, raw commanded actions
-    actions_relabeled.npy     float32 (M, A)         proprio deltas + binarised gripper (at pack time)
+    actions_relabeled.npy     float32 (M, A)         proprio deltas + binarised gripper
     saliency.npy              float16 (N, H, W)      only if some trajectory has saliency
     traj_frame_start.npy      int64 (n,)   traj_action_start.npy int64 (n,)
     traj_length.npy           int64 (n,)   traj_has_saliency.npy bool (n,)
