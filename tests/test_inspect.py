@@ -90,7 +90,7 @@ def test_preview_png(packed_tree, tmp_path, augment, rows):
     assert len(figure.axes) == 4 * rows
     # block 0 is the middle trajectory of task_a's first store, [first, middle, last, goal];
     # block 1 is task_b's second one, which has two instructions (the first is its title)
-    assert [block.get_suptitle() for block in figure.subfigs] == [
+    assert [block.texts[0].get_text() for block in figure.subfigs] == [
         "task_a (no instruction)", "wipe"]
     assert [ax.get_title() for ax in figure.axes[:4]] == ["first", "middle", "last", "goal"]
     assert [ax.get_ylabel() for ax in figure.axes[::4]] == \

@@ -33,6 +33,12 @@ def events(kind: str, losses: list[float], val: float, lr0: float = 1e-3) -> lis
                     "validation/mse": val / 2}]
 
 
+def suptitle(figure) -> str:
+    """The figure's (or subfigure's) suptitle; ``get_suptitle`` needs matplotlib 3.8."""
+    (text,) = figure.texts
+    return text.get_text()
+
+
 def data_of(ax, label: str) -> tuple[list, list]:
     (line,) = [line for line in ax.lines if line.get_label() == label]
     return list(line.get_xdata()), list(line.get_ydata())
@@ -48,7 +54,7 @@ def test_loss_kinds_never_share_an_axis() -> None:
         NLL_TITLE, DDPM_TITLE, "validation action MSE", "learning rate"]
     assert [ax.get_xlabel() for ax in figure.axes] == [STEP_LABEL] * 4
     assert (nll.get_ylabel(), ddpm.get_ylabel()) == (NLL_LABEL, DDPM_LABEL)
-    assert figure.get_suptitle() == "three runs"
+    assert suptitle(figure) == "three runs"
     assert {line.get_label() for line in nll.lines} == {"bc train", "bc val", "gc_bc train",
                                                        "gc_bc val"}
     assert {line.get_label() for line in ddpm.lines} == {"ddpm train", "ddpm val"}
@@ -95,7 +101,7 @@ def test_action_panels_carry_each_dimension_mse() -> None:
     names = ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]
     figure = action_figure(true, predicted, names=names, title="run_x · ckpt_40.pt (step 40)",
                            boundaries=[9.5, 19.5])
-    assert len(figure.axes) == 7 and "ckpt_40.pt (step 40)" in figure.get_suptitle()
+    assert len(figure.axes) == 7 and "ckpt_40.pt (step 40)" in suptitle(figure)
     for d, ax in enumerate(figure.axes):
         name, mse = re.fullmatch(r"(\S+)\s+MSE (\S+)", ax.get_title()).groups()
         assert name == names[d] and ax.get_ylabel() == names[d]
@@ -113,7 +119,7 @@ def test_preview_labels_columns_rows_and_instructions() -> None:
     figure = preview_figure(originals, augmented, ["stack the cups", "wipe"], suptitle="data")
     assert len(figure.axes) == 16
     blocks = figure.subfigs
-    assert [b.get_suptitle() for b in blocks] == ["stack the cups", "wipe"]
+    assert [suptitle(b) for b in blocks] == ["stack the cups", "wipe"]
     for b, block in enumerate(blocks):
         axes = np.array(block.axes).reshape(2, 4)
         assert [ax.get_title() for ax in axes[0]] == ["first", "middle", "last", "goal"]
