@@ -56,7 +56,7 @@ stage torchrun_eval 90 bash -c "
     torchrun --standalone --nproc_per_node=1 -m bridge_torch.train algo=gc_ddpm_bc \
         data_path=$work/demo/data save_dir=$work/runs name=ddp num_steps=50 batch_size=64 \
         log_interval=10 eval_interval=50 save_interval=50 &&
-    $py -m bridge_torch.evaluate \$(ls -d $work/runs/*/*) --device cuda --max_batches 2"
+    $py -m bridge_torch.offline_eval \$(ls -d $work/runs/*/*) --device cuda --max_batches 2"
 stage compile 180 "$py" bench/train_step.py --device cuda --compile --algos gc_bc \
     --precisions bf16 --profile 15 --json "$out/train_step_compile.json"
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 
 @pytest.mark.slow
@@ -20,3 +21,5 @@ def test_demo_reduced_flow(tmp_path: Path) -> None:
     for row in summary["rows"]:
         assert row["step"] == 4 and row["baseline_mse"] > 0 and row["mse"] > 0
     assert (tmp_path / "loss_curves.png").stat().st_size > 1000
+    with Image.open(tmp_path / "actions_gc_ddpm_bc.png") as image:
+        assert image.size == (1000, 1050)  # 7 action panels in rows of 2

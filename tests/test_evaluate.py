@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from bridge_torch.offline_eval import evaluate_run, format_table, main, statistics_mismatch
 
@@ -18,12 +19,15 @@ def bc_run(tiny_run: Callable[[str], Path]) -> Path:
 @pytest.mark.slow
 def test_json_metrics_baseline_and_plot(bc_run: Path, tmp_path: Path) -> None:
     main([str(bc_run), "--device", "cpu", "--json", str(tmp_path / "m.json"),
-          "--plot", str(tmp_path / "a.png")])
+          "--plot", str(tmp_path / "a.png"), "--loss-plot", str(tmp_path / "loss.png")])
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["step"] == 4 and metrics["algo"] == "bc"
     assert {"mse", "actor_loss", "baseline_mse", "transitions"} <= set(metrics)
     assert metrics["baseline_mse"] > 0 and metrics["transitions"] > 0
     assert (tmp_path / "a.png").stat().st_size > 1000
+    with Image.open(tmp_path / "a.png") as actions, Image.open(tmp_path / "loss.png") as losses:
+        # 7 action panels in rows of 2; NLL, validation MSE and LR panels in one row
+        assert actions.size == (1000, 1050) and losses.size == (1380, 410)
     earlier = evaluate_run(bc_run, checkpoint=2)
     assert earlier["step"] == 2 and earlier["mse"] != metrics["mse"]
     assert "bc" in format_table([metrics])

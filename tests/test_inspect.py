@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 
 from bridge_torch.data.actions import compute_statistics
-from bridge_torch.data.inspect import find_sources, format_summary, main, summarize
+from bridge_torch.data.inspect import find_sources, format_summary, main, preview, summarize
 from bridge_torch.data.sources.synthetic import generate_raw_dataset
 from bridge_torch.data.store import Trajectory, write_store
+from bridge_torch.plots import DPI
 
 SIZE = 8
 
@@ -82,13 +83,21 @@ def test_preview_png(packed_tree, tmp_path, augment, rows):
     out = tmp_path / "grid.png"
     main([str(root), "--preview", str(out), "--preview-trajectories", "2",
           *([] if augment else ["--no-augment"])])
-    image = Image.open(out)
-    assert image.size == (4 * SIZE, rows * SIZE) and image.mode == "RGB"
-    pixels = np.asarray(image)
-    store_frames = [trajectory(5, 1).frames["images0"], trajectory(9, 3).frames["images0"]]
-    # row 0 is the middle trajectory of task_a's first store, [first, middle, last, goal]
-    first, middle, last = (store_frames[0][i] for i in (0, 2, 5))
-    np.testing.assert_array_equal(pixels[:SIZE], np.concatenate([first, middle, last, last], 1))
+    _, picked = summarize(root, preview_trajectories=2)
+    figure = preview(picked, augment=augment, title=f"{root}: 2 trajectories")
+    with Image.open(out) as image:
+        assert image.size == tuple(round(v) for v in figure.get_size_inches() * DPI)
+    assert len(figure.axes) == 4 * rows
+    # block 0 is the middle trajectory of task_a's first store, [first, middle, last, goal];
+    # block 1 is task_b's second one, which has two instructions (the first is its title)
+    assert [block.texts[0].get_text() for block in figure.subfigs] == [
+        "task_a (no instruction)", "wipe"]
+    assert [ax.get_title() for ax in figure.axes[:4]] == ["first", "middle", "last", "goal"]
+    assert [ax.get_ylabel() for ax in figure.axes[::4]] == \
+        ["original", "augmented"][:rows // 2] * 2
+    frames = trajectory(5, 1).frames["images0"]
+    for ax, i in zip(figure.axes[:4], (0, 2, 5, 5), strict=True):
+        np.testing.assert_array_equal(ax.images[0].get_array(), frames[i])
 
 
 def test_single_store_and_errors(packed_tree, tmp_path):

@@ -2,9 +2,10 @@
 
 generate a raw BridgeData tree -> bridge-torch-convert -> bridge-torch-train BC, GC-BC and
 GC-DDPM-BC (real CLI subprocesses, small encoder) -> bridge-torch-eval each -> a table of val
-action MSE against the predict-the-mean baseline, a loss-curve PNG and ``summary.json`` in
-``--out``. Re-running reuses the generated and converted data and trains fresh runs. Exits
-non-zero if a policy does not beat the baseline.
+action MSE against the predict-the-mean baseline, ``loss_curves.png`` (all runs),
+``actions_<algo>.png`` (each run's predicted vs true actions) and ``summary.json`` in ``--out``.
+Re-running reuses the generated and converted data and trains fresh runs. Exits non-zero if a
+policy does not beat the baseline.
 
     bridge-torch-demo --out demo_output
 """
@@ -20,7 +21,8 @@ from pathlib import Path
 from bridge_torch.data.sources.convert import ConvertOptions, convert, format_summary
 from bridge_torch.data.sources.synthetic import generate_raw_dataset
 from bridge_torch.offline_eval import evaluate_run, format_table
-from bridge_torch.plots import line_plot
+from bridge_torch.plots import loss_figure, save_png
+from bridge_torch.train.metrics_log import read_metrics
 
 ALGOS = ("bc", "gc_bc", "gc_ddpm_bc")
 # Updates per algorithm: the diffusion policy's sampled actions need more training than a
@@ -71,12 +73,9 @@ def train(algo: str, data: Path, runs: Path, steps: int, seed: int) -> Path:
 
 
 def loss_curves(run_dirs: dict[str, Path], path: Path) -> None:
-    series = {}
-    for algo, run_dir in run_dirs.items():
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        rows = [r for r in rows if "training/loss" in r]
-        series[algo] = ([r["step"] for r in rows], [r["training/loss"] for r in rows])
-    line_plot(series, title="training loss", size=(640, 360)).save(path)
+    """Every run's curves in one figure; each loss kind on its own axis (see plots.py)."""
+    runs = {algo: read_metrics(run_dir) for algo, run_dir in run_dirs.items()}
+    save_png(loss_figure(runs, title="demo runs on synthetic data"), path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         steps = args.steps or DEFAULT_STEPS[algo]
         run_dirs[algo] = train(algo, data, args.out / "runs", steps, args.seed)
         _stage(f"evaluating {algo}: bridge-torch-eval {run_dirs[algo]}")
-        rows.append({**evaluate_run(run_dirs[algo], device="cpu"),
+        rows.append({**evaluate_run(run_dirs[algo], device="cpu",
+                                    plot=args.out / f"actions_{algo}.png"),
                      "wall_s": round(time.time() - t0, 1)})
     loss_curves(run_dirs, args.out / "loss_curves.png")
     summary = {"rows": rows, "wall_s": round(time.time() - start, 1)}
@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     _stage(f"results (val action MSE in normalised units; baseline = predict the mean), "
            f"{summary['wall_s']:.0f} s in all")
     print(format_table(rows))
-    print(f"\nloss curves: {args.out / 'loss_curves.png'}\nsummary: {args.out / 'summary.json'}")
+    print(f"\nloss curves: {args.out / 'loss_curves.png'}\nactions: {args.out}/actions_<algo>.png"
+          f"\nsummary: {args.out / 'summary.json'}")
     losers = [r["algo"] for r in rows if not r["mse"] < r["baseline_mse"]]
     if losers and not args.allow_worse:
         sys.exit(f"demo failed: {', '.join(losers)} did not beat the predict-the-mean baseline")

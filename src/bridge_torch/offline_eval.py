@@ -5,7 +5,8 @@ that the dataset's statistics (recomputed over the train split as the trainer do
 checkpoint's, runs the full deterministic validation pass and reports the metrics next to the
 predict-the-training-mean baseline (action 0 in normalised units).
 
-    bridge-torch-eval runs/bridgedata_torch/gc_bc_... --json metrics.json --plot actions.png
+    bridge-torch-eval runs/bridgedata_torch/gc_bc_... --json metrics.json --plot actions.png \
+        --loss-plot loss_curves.png
 """
 
 import argparse
@@ -22,8 +23,9 @@ from bridge_torch.batch import ACTIONS, GOALS, OBSERVATIONS, action_name
 from bridge_torch.data.actions import denormalize
 from bridge_torch.data.sampler import iterate_validation
 from bridge_torch.deploy.restore import restore_agent
-from bridge_torch.plots import grid, line_plot
+from bridge_torch.plots import action_figure, loss_figure, save_png
 from bridge_torch.train.distributed import DistInfo
+from bridge_torch.train.metrics_log import read_metrics
 from bridge_torch.train.run_data import RunData, load_run_data
 from bridge_torch.train.validation import evaluate
 
@@ -44,7 +46,8 @@ def statistics_mismatch(saved: dict, fresh: dict, rtol: float = 1e-4) -> list[st
 def evaluate_run(run_dir: Path, *, checkpoint: Any = None, data_path: str | None = None,
                  device: str = "cpu", batch_size: int | None = None,
                  max_batches: int | None = None, allow_stats_mismatch: bool = False,
-                 use_ema: bool = True, plot: Path | None = None) -> dict[str, Any]:
+                 use_ema: bool = True, plot: Path | None = None,
+                 loss_plot: Path | None = None) -> dict[str, Any]:
     """Validation metrics of a run's checkpoint on its val split (see module docstring)."""
     restored = restore_agent(run_dir, checkpoint, device=device, use_ema=use_ema)
     config = restored.config
@@ -71,12 +74,16 @@ def evaluate_run(run_dir: Path, *, checkpoint: Any = None, data_path: str | None
     squares = [b[ACTIONS].float().pow(2).flatten(1).sum(1) for b in batches()]
     metrics["baseline_mse"] = torch.cat(squares).mean().item()
     if plot is not None:
-        plot_actions(restored.agent, data, config, plot)
+        title = f"{Path(run_dir).name} · {restored.path.name} (step {restored.step})"
+        plot_actions(restored.agent, data, config, plot, title=title)
+    if loss_plot is not None:
+        save_png(loss_figure({config.algo: read_metrics(run_dir)}, title=Path(run_dir).name),
+                 loss_plot)
     return {"run_dir": str(run_dir), "checkpoint": str(restored.path), "step": restored.step,
             "algo": config.algo, "transitions": data.val.num_transitions, **metrics}
 
 
-def plot_actions(agent: torch.nn.Module, data: RunData, config: Any, path: Path,
+def plot_actions(agent: torch.nn.Module, data: RunData, config: Any, path: Path, *, title: str,
                  transitions: int = 60) -> None:
     """Predicted vs true (first chunk step, robot units) over the first val transitions."""
     true, predicted = [], []
@@ -90,14 +97,13 @@ def plot_actions(agent: torch.nn.Module, data: RunData, config: Any, path: Path,
                            config.data.normalization_type)
         predicted = denormalize(out[:, 0].float().cpu().numpy(), data.stats["actions"],
                                 config.data.normalization_type)
-    steps = list(range(len(true)))
     boundaries = np.cumsum(data.val.traj_length.cpu().numpy())
-    markers = [float(b) for b in boundaries if b < len(true)]
-    panels = [line_plot({"true": (steps, true[:, d].tolist()),
-                         "predicted": (steps, predicted[:, d].tolist())},
-                        title=action_name(d, true.shape[1]),
-                        markers=markers) for d in range(true.shape[1])]
-    grid(panels, columns=2).save(path)
+    names = [action_name(d, true.shape[1]) for d in range(true.shape[1])]
+    figure = action_figure(true, predicted, names=names, boundaries=[
+        float(b) - 0.5 for b in boundaries if b < len(true)], title=(
+        f"{title}\ntrue vs predicted first action of each chunk (robot units) and its MSE, "
+        f"first {len(true)} val transitions"))
+    save_png(figure, path)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -125,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allow-stats-mismatch", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="write the metrics here")
     parser.add_argument("--plot", type=Path, default=None, help="PNG of predicted vs true actions")
+    parser.add_argument("--loss-plot", type=Path, default=None,
+                        help="PNG of the run's loss curves, validation points and LR")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     checkpoint = int(args.checkpoint) if args.checkpoint and args.checkpoint.isdigit() \
@@ -133,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
                           device=args.device, batch_size=args.batch_size,
                           max_batches=args.max_batches,
                           allow_stats_mismatch=args.allow_stats_mismatch,
-                          use_ema=args.use_ema, plot=args.plot)
+                          use_ema=args.use_ema, plot=args.plot, loss_plot=args.loss_plot)
     print(format_table([result]))
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2))

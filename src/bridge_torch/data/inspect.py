@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 
 from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS
@@ -40,6 +41,7 @@ from bridge_torch.data.sources.bridge_raw import (
     read_language,
 )
 from bridge_torch.data.store import META_FILE, STATS_KEYS, open_store
+from bridge_torch.plots import preview_figure, save_png
 
 RAW_PREVIEW_SIZE = 128  # raw JPEGs are squashed to this square size in the preview
 HISTOGRAM_BINS = 10
@@ -144,6 +146,15 @@ def _nonzero_frames(saliency: np.ndarray) -> int:
                for i in range(0, saliency.shape[0], rows))
 
 
+class PreviewRow(list):
+    """[first, middle, last] uint8 (H, W, 3) frames of a trajectory (a plain list to readers)
+    and ``instruction``, the row's title in the preview: its first instruction, else its task."""
+
+    def __init__(self, frames: list[np.ndarray], language: list[str], task: str) -> None:
+        super().__init__(frames)
+        self.instruction = language[0] if language else f"{task} (no instruction)"
+
+
 class PreviewPicker:
     """Chooses preview trajectories spread over the sources, keeping only their 3 key frames."""
 
@@ -151,17 +162,18 @@ class PreviewPicker:
         # rows per source: evenly spaced over the sources (several per source if there are few)
         spots = ((np.arange(count) + 0.5) * num_sources / max(count, 1)).astype(np.int64)
         self.allot = np.bincount(spots, minlength=num_sources).tolist()
-        self.rows: list[list[np.ndarray]] = []  # [first, middle, last] uint8 (H, W, 3)
+        self.rows: list[PreviewRow] = []
 
     def indices(self, source_index: int, num_trajectories: int) -> list[int]:
         """Trajectories of source ``source_index`` to show, evenly spaced within it."""
         take = min(self.allot[source_index], num_trajectories)
         return sorted({int((k + 0.5) * num_trajectories / take) for k in range(take)})
 
-    def add(self, frames: Any) -> None:
+    def add(self, frames: Any, language: list[str], task: str) -> None:
         """``frames``: (T+1, H, W, 3) array-like (a memmap slice is read for 3 frames only)."""
         last = len(frames) - 1
-        self.rows.append([np.asarray(frames[i]) for i in (0, last // 2, last)])
+        self.rows.append(PreviewRow([np.asarray(frames[i]) for i in (0, last // 2, last)],
+                                    language, task))
 
 
 def _scan_packed(source: Source, k: int, tally: Tally, picker: PreviewPicker) -> None:
@@ -174,7 +186,7 @@ def _scan_packed(source: Source, k: int, tally: Tally, picker: PreviewPicker) ->
     if store.saliency is not None and tally.saliency_frames is not None:
         tally.saliency_frames += _nonzero_frames(store.saliency)
     for i in picker.indices(k, store.num_trajectories):
-        picker.add(store.trajectory(i).frames[store.cameras[0]])
+        picker.add(store.trajectory(i).frames[store.cameras[0]], store.language[i], source.task)
 
 
 def _scan_legacy(source: Source, k: int, tally: Tally, picker: PreviewPicker) -> None:
@@ -191,7 +203,7 @@ def _scan_legacy(source: Source, k: int, tally: Tally, picker: PreviewPicker) ->
             tally.saliency_trajectories += 1
             tally.saliency_frames += _nonzero_frames(traj.saliency)
         if i in picks:
-            picker.add(first)
+            picker.add(first, traj.language, source.task)
 
 
 def _scan_raw(source: Source, k: int, tally: Tally, picker: PreviewPicker) -> None:
@@ -218,7 +230,8 @@ def _scan_raw(source: Source, k: int, tally: Tally, picker: PreviewPicker) -> No
     tally.saliency_trajectories += (source.path / SALIENCY_FILE).is_file()
     if picker.indices(k, 1):
         last = steps - 1
-        picker.rows.append([_read_jpeg(first_camera / f"im_{i}.jpg") for i in (0, last // 2, last)])
+        frames = [_read_jpeg(first_camera / f"im_{i}.jpg") for i in (0, last // 2, last)]
+        picker.rows.append(PreviewRow(frames, language, source.task))
 
 
 def _read_jpeg(path: Path) -> np.ndarray:
@@ -231,7 +244,7 @@ SCANNERS = {"packed": _scan_packed, "out.npy": _scan_legacy, "raw": _scan_raw}
 
 
 def summarize(path: Path, *, preview_trajectories: int = 0
-              ) -> tuple[dict[str, Any], list[list[np.ndarray]]]:
+              ) -> tuple[dict[str, Any], list[PreviewRow]]:
     """Summary of the dataset at ``path`` (JSON-ready) and up to ``preview_trajectories`` rows
     of [first, middle, last] uint8 frames for :func:`write_preview`."""
     sources = find_sources(Path(path))
@@ -326,29 +339,27 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines + _stats_lines(summary["stats"]))
 
 
-def write_preview(rows: list[list[np.ndarray]], out_path: Path, *, augment: bool = True,
-                  seed: int = 0) -> Path:
-    """PNG grid: per trajectory a row [first, middle, last, goal (= last)] and, with
-    ``augment``, below it the same row through the training :class:`Augmenter`."""
+def preview(rows: list[PreviewRow], *, augment: bool = True, seed: int = 0,
+            title: str = "") -> Figure:
+    """Per trajectory, titled with its instruction, a row [first, middle, last, goal (= last)]
+    and, with ``augment``, the same row through the training :class:`Augmenter`."""
     if not rows:
-        raise ValueError("write_preview: no trajectories to show")
+        raise ValueError("preview: no trajectories to show")
     height, width = rows[0][0].shape[:2]
     tiles = np.stack([[_resize(f, height, width) for f in (*row, row[-1])] for row in rows])
-    grid_rows = [tiles]  # (R, 4, H, W, 3)
+    augmented = None
     if augment:
         batch = {OBSERVATIONS: {IMAGE: torch.from_numpy(tiles[:, :3].copy())},
                  GOALS: {IMAGE: torch.from_numpy(tiles[:, 3].copy())}}
         out = Augmenter(AugmentConfig(), seed=seed)(batch)
-        augmented = torch.cat([out[OBSERVATIONS][IMAGE], out[GOALS][IMAGE][:, None]], dim=1)
-        grid_rows.append(augmented.numpy())
-    grid = np.stack(grid_rows, axis=1).reshape(-1, 4, height, width, 3)  # original, augmented
-    image = grid.transpose(0, 2, 1, 3, 4).reshape(-1, 4 * width, 3)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, out_path)
-    return out_path
+        augmented = torch.cat([out[OBSERVATIONS][IMAGE], out[GOALS][IMAGE][:, None]], 1).numpy()
+    return preview_figure(tiles, augmented, [row.instruction for row in rows], suptitle=title)
+
+
+def write_preview(rows: list[PreviewRow], out_path: Path, *, augment: bool = True,
+                  seed: int = 0, title: str = "") -> Path:
+    """PNG of :func:`preview`, written atomically."""
+    return save_png(preview(rows, augment=augment, seed=seed, title=title), out_path)
 
 
 def _resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -377,7 +388,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"bridge-torch-inspect: {err}\n")
     print(json.dumps(summary) if args.json else format_summary(summary))
     if args.preview:
-        write_preview(rows, args.preview, augment=not args.no_augment, seed=args.seed)
+        write_preview(rows, args.preview, augment=not args.no_augment, seed=args.seed,
+                      title=f"{args.path}: {len(rows)} trajectories")
         if not args.json:
             print(f"preview: {args.preview}")
 
