@@ -208,14 +208,15 @@ def decode_image(data: bytes, spec: FeatureSpec, where: str) -> Image.Image:
     return image
 
 
-def _recorded(features: dict[str, Feature], variant: Variant, camera: str) -> bool:
+def recorded(features: dict[str, Feature], variant: Variant, camera: str) -> bool:
+    """Whether the episode recorded ``camera`` (releases without the flag record them all)."""
     flag = features.get(variant.camera_flags.get(camera, ""))
     return flag is None or len(flag) == 0 or bool(flag.values[0])
 
 
 def _frames(dataset: TfdsDataset, variant: Variant, features: dict[str, Feature], steps: int,
             cameras: Sequence[str], im_size: int, where: str) -> dict[str, np.ndarray]:
-    missing = [c for c in cameras if not _recorded(features, variant, c)]
+    missing = [c for c in cameras if not recorded(features, variant, c)]
     if missing:
         raise SkipEpisode(MISSING_CAMERA, f"{where}: the episode did not record {missing} "
                           f"(has_image false)")
