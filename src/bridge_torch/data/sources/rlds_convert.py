@@ -308,7 +308,7 @@ def convert_rlds(options: RldsOptions, *, num_workers: int = 8,
     output = Path(options.output_path)
     report = RldsReport(f"{dataset.name} {dataset.version}", variant.name)
     old_stores = _previous_stores(output)
-    if _is_finished(output, options):
+    if (output / DONE_MARKER).is_file() and _is_finished(output, options):
         shutil.rmtree(output / WORK_DIR, ignore_errors=True)
         report.status, report.stores = "already converted", old_stores
         return report
@@ -319,6 +319,8 @@ def convert_rlds(options: RldsOptions, *, num_workers: int = 8,
     done = {job.shard.path.name: r for job in jobs if (r := _done_report(job)) is not None}
     pending = [job for job in jobs if job.shard.path.name not in done]
     report.shards, report.resumed_shards = len(jobs), len(done)
+    if done:
+        log.info("resuming: %d of %d shards were finished by an earlier run", len(done), len(jobs))
     fresh = _run_shards(pending, num_workers, progress)
     failed = [r.error for r in fresh if r.error]
     if failed:

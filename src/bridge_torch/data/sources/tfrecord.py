@@ -116,6 +116,15 @@ def records_at(shard: Path, positions: Iterable[tuple[int, int]]) -> Iterator[tu
             yield index, data
 
 
+def write_records(shard: Path, records: Iterable[bytes]) -> None:
+    """Write ``records`` as a TFRecord file (builds test and benchmark shards)."""
+    with open(shard, "wb") as file:
+        for data in records:
+            length = struct.pack("<Q", len(data))
+            file.write(length + FOOTER.pack(masked_crc32c(length)) + data
+                       + FOOTER.pack(masked_crc32c(data)))
+
+
 # ---------------------------------------------------------------------------------------------
 # Protobuf wire format
 
