@@ -226,3 +226,17 @@ def test_reader_never_imports_tensorflow(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "out" / "train" / "packed" / "meta.json").is_file()
+
+
+@pytest.mark.slow
+def test_convert_benchmark_reports_rates() -> None:
+    bench = Path(__file__).resolve().parents[1] / "bench" / "rlds_convert.py"
+    out = subprocess.run([sys.executable, str(bench), "--shards", "2", "--episodes-per-shard",
+                          "2", "--workers", "1", "--im-size", "16"], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["episodes"] == 4 and [r["workers"] for r in report["results"]] == [1]
+    row = report["results"][0]
+    assert row["episodes_per_s"] == pytest.approx(4 / row["seconds"])
+    assert row["mb_per_s"] == pytest.approx(report["megabytes"] / row["seconds"])
