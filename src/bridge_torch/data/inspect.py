@@ -1,7 +1,9 @@
 """``bridge-torch-inspect``: a summary of a dataset and an optional preview image grid.
 
-The path may be a raw BridgeData tree, a tree of converted ``out.npy`` files, a packed store, or
-a tree of packed stores (a split with both an out.npy and a packed store is read from the store).
+The path may be a raw BridgeData tree, a tree of converted ``out.npy`` files, a packed store, a
+tree of packed stores (a split with both an out.npy and a packed store is read from the store), or
+a TFDS/RLDS release directory (``bridge_dataset/1.0.0``; read as the converter would, see
+``data/sources/rlds_inspect.py``).
 Packed stores are summarised from their metadata and memory maps (frames are never loaded as a
 whole); out.npy files are parsed one at a time (pickle: only inspect your own data); raw trees are
 summarised from file names, lang.txt and a single JPEG header (no statistics: convert first);
@@ -40,6 +42,8 @@ from bridge_torch.data.sources.bridge_raw import (
     parse_folder_date,
     read_language,
 )
+from bridge_torch.data.sources.rlds_inspect import scan_rlds
+from bridge_torch.data.sources.tfds import is_tfds_dir, open_tfds
 from bridge_torch.data.store import META_FILE, STATS_KEYS, open_store
 from bridge_torch.plots import preview_figure, save_png
 
@@ -68,7 +72,7 @@ def find_sources(path: Path) -> list[Source]:
         return [Source("out.npy", path, path.parent.parent.name, path.parent.name)]
     if not path.is_dir():
         raise ValueError(f"{path} does not exist")
-    stores, npys, raws = [], [], []
+    stores, npys, raws, releases = [], [], [], []
     for dirpath, dirnames, filenames in os.walk(path):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -78,10 +82,14 @@ def find_sources(path: Path) -> list[Source]:
         elif "obs_dict.pkl" in filenames:
             raws.append(here)
             dirnames[:] = []
+        elif is_tfds_dir(here):
+            releases.append(here)
+            dirnames[:] = []
         elif "out.npy" in filenames and not (here / "packed" / META_FILE).is_file():
             npys.append(here / "out.npy")
     converted = [_converted_source("packed", s, path) for s in stores] + \
-        [_converted_source("out.npy", f, path) for f in npys]
+        [_converted_source("out.npy", f, path) for f in npys] + \
+        [Source("rlds", d, _relative(d, path), s) for d in releases for s in open_tfds(d).splits]
     if converted:
         return sorted(converted, key=lambda s: (s.task, s.split))
     if raws:
@@ -240,7 +248,7 @@ def _read_jpeg(path: Path) -> np.ndarray:
         return np.asarray(img.convert("RGB").resize(size, Image.Resampling.LANCZOS))
 
 
-SCANNERS = {"packed": _scan_packed, "out.npy": _scan_legacy, "raw": _scan_raw}
+SCANNERS = {"packed": _scan_packed, "out.npy": _scan_legacy, "raw": _scan_raw, "rlds": scan_rlds}
 
 
 def summarize(path: Path, *, preview_trajectories: int = 0

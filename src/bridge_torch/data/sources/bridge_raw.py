@@ -169,11 +169,16 @@ def read_frames(camera_dir: Path, steps: int, im_size: int) -> list[np.ndarray]:
                 if image.mode != "RGB":
                     raise SkipTrajectory(BAD_IMAGE, f"expected an RGB JPEG at {path}, found "
                                          f"mode {image.mode}")
-                resized = image.resize((im_size, im_size), Image.Resampling.LANCZOS)
+                frames.append(squash_frame(image, im_size))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             raise SkipTrajectory(BAD_IMAGE, f"cannot decode {path}: {err}") from err
-        frames.append(np.array(resized))
     return frames
+
+
+def squash_frame(image: Image.Image, im_size: int) -> np.ndarray:
+    """The whole frame squashed to uint8 (im_size, im_size, 3) with LANCZOS (§2); every source
+    resizes through this, so frames of one scene match whichever release they came from."""
+    return np.array(image.resize((im_size, im_size), Image.Resampling.LANCZOS))
 
 
 def load_pickle(path: Path) -> Any:

@@ -19,6 +19,8 @@ Same flags, output layout and out.npy bytes as the original ``bridgedata_raw_to_
   ``--num_workers <= 1`` converts in-process.
 * ``--format packed|both`` writes ``<split>/packed/`` (``data/store.py``) from the same
   trajectories; trajectories lacking one of ``--cameras`` are then skipped from both outputs.
+* ``--input_format rlds`` reads a TFDS/RLDS release instead (``data/sources/rlds_convert.py``,
+  ``docs/rlds.md``); the raw layout stays the default.
 
 Usage::
 
@@ -380,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bridge-torch-convert",
                                      description=__doc__.split("\n\n")[0])
     add = parser.add_argument
+    add("--input_format", "--input-format", choices=("raw", "rlds"), default="raw",
+        help="raw BridgeData tree, or a TFDS/RLDS directory such as bridge_dataset/1.0.0")
     add("--input_path", "--input-path", type=Path, required=True, help="raw BridgeData root")
     add("--output_path", "--output-path", type=Path, required=True)
     add("--depth", type=int, default=5, help="directory levels from input_path to dated folders")
@@ -389,8 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--overwrite", action="store_true", help="convert finished collections again")
     add("--saliency", action="store_true", help="attach saliency_map.pkl as obs 'saliency'")
     add("--seed", type=int, default=0, help="seed of the per-dated-folder train/val split")
-    add("--format", choices=FORMATS, default="numpy", help="out.npy, packed store, or both")
-    add("--cameras", nargs="+", default=["images0"], help="cameras kept in packed stores")
+    add("--format", choices=FORMATS, default=None, help="out.npy (default), packed store, or "
+        "both; rlds input: packed only")
+    add("--cameras", nargs="+", default=["images0"], help="cameras kept in packed stores "
+        "(space- or comma-separated)")
+    add("--splits", nargs="+", help="rlds: TFDS splits to convert (default all; test -> val)")
+    add("--group_by", "--group-by", choices=("task",), help="rlds: one store per task directory")
     return parser
 
 
@@ -399,12 +407,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    if args.input_format == "rlds":
+        from bridge_torch.data.sources.rlds_convert import run_cli  # imports this module
+
+        return run_cli(args, parser)
+    if args.splits or args.group_by:
+        parser.error("--splits and --group_by apply to --input_format rlds only")
     try:
         options = ConvertOptions(
             args.input_path, args.output_path, depth=args.depth,
             train_proportion=args.train_proportion, im_size=args.im_size,
-            saliency=args.saliency, seed=args.seed, format=args.format,
-            cameras=tuple(args.cameras), overwrite=args.overwrite)
+            saliency=args.saliency, seed=args.seed, format=args.format or "numpy",
+            cameras=tuple(c for arg in args.cameras for c in arg.split(",") if c),
+            overwrite=args.overwrite)
         reports = convert(options, num_workers=args.num_workers)
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
