@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bridge_torch.agents import AgentShapes, build_agent, count_parameters
-from bridge_torch.train import checkpoint
+from bridge_torch.train import checkpoint, runs
 from bridge_torch.train.config import compose_config, to_container
 from bridge_torch.train.state import write_run_files
 from bridge_torch.triton_support import TRITON_INTERPRET, triton
@@ -52,7 +52,7 @@ def make_run(root: Path, algo: str, action_dim: int = 7, ema: bool = False) -> P
     run_dir.mkdir()
     write_run_files(run_dir, config, stats, count_parameters(agent))
     ema_state = {k: v + 1.0 if v.is_floating_point() else v for k, v in agent.state_dict().items()}
-    checkpoint.save(checkpoint.checkpoint_path(run_dir, 5), {
+    checkpoint.save(runs.checkpoint_path(run_dir, 5), {
         "step": 5, "config": to_container(config), "stats": stats, "agent_shapes": shapes,
         "model": agent.state_dict(), "ema": ema_state if ema else None,
     })
@@ -73,3 +73,8 @@ def compile_for_hopper(kernel, signature: dict[str, str], constants: dict,
                               options={"num_warps": num_warps})
     assert compiled.asm["cubin"]
     return compiled.asm["ptx"]
+
+
+def dead_writer_temporary(name: str) -> str:
+    """The temporary name a writer process that no longer exists left for ``name``."""
+    return f".{name}.tmp-{socket.gethostname()}-999999999-dead"

@@ -23,11 +23,11 @@ import yaml
 from hydra.errors import ConfigCompositionException
 from PIL import Image
 
+from bridge_torch.atomic import is_temporary
 from bridge_torch.data.datasets import open_split, open_sub_datasets
 from bridge_torch.data.sources import bridge_raw as raw_format
 from bridge_torch.data.sources.convert import (
     SPLITS,
-    TEMP_PREFIXES,
     CollectionReport,
     ConvertOptions,
     convert,
@@ -83,7 +83,7 @@ def convert_one(raw: Path, out: Path, train_proportion: float = 1.0) -> list[Col
 
 def assert_complete_output(out: Path) -> list[Path]:
     """No temp files, no empty dirs, every split complete; returns the split directories."""
-    leftovers = [p for p in out.rglob("*") if p.name.startswith(TEMP_PREFIXES)
+    leftovers = [p for p in out.rglob("*") if is_temporary(p.name)
                  or (p.is_dir() and not any(p.iterdir()))]
     assert leftovers == []
     split_dirs = sorted(p for p in out.rglob("*") if p.is_dir() and p.name in SPLITS)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from bridge_torch.deploy import restore
-from bridge_torch.train import checkpoint
+from bridge_torch.train import checkpoint, runs
 from helpers import make_run
 
 
@@ -27,7 +27,7 @@ def minimal_state(step: int, value: float = 0.0) -> dict:
 
 
 def test_save_load_round_trip_weights_only(tmp_path):
-    path = checkpoint.checkpoint_path(tmp_path, 7)
+    path = runs.checkpoint_path(tmp_path, 7)
     state = minimal_state(7, 1.5)
     state["rng"] = [{"python": (3, tuple(range(5)), None), "torch": torch.get_rng_state()}]
     checkpoint.save(path, state)
@@ -48,7 +48,7 @@ def test_load_rejects_files_that_are_not_checkpoints(tmp_path):
 
 
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    path = checkpoint.checkpoint_path(tmp_path, 5)
+    path = runs.checkpoint_path(tmp_path, 5)
     checkpoint.save(path, minimal_state(5, 1.0))
     real_save = torch.save
 
@@ -61,7 +61,7 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         checkpoint.save(path, minimal_state(5, 2.0))
     with pytest.raises(OSError):
-        checkpoint.save(checkpoint.checkpoint_path(tmp_path, 6), minimal_state(6))
+        checkpoint.save(runs.checkpoint_path(tmp_path, 6), minimal_state(6))
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_5.pt"]  # nothing partial
     torch.testing.assert_close(checkpoint.load(path)["model"]["w"], torch.full((3,), 1.0))
@@ -73,8 +73,8 @@ def test_killed_save_leaves_previous_checkpoint_usable(tmp_path):
     script = textwrap.dedent(
         f"""
         import sys, time, torch
-        from bridge_torch.train import checkpoint
-        path = checkpoint.checkpoint_path({str(tmp_path)!r}, 1)
+        from bridge_torch.train import checkpoint, runs
+        path = runs.checkpoint_path({str(tmp_path)!r}, 1)
         state = {{"step": 1, "config": {{}}, "stats": {{}}, "agent_shapes": {{}},
                   "model": {{"w": torch.ones(3)}}, "ema": None}}
         checkpoint.save(path, state)
@@ -98,39 +98,39 @@ def test_killed_save_leaves_previous_checkpoint_usable(tmp_path):
         process.wait()
     assert process.returncode == -signal.SIGKILL
     torch.testing.assert_close(
-        checkpoint.load(checkpoint.checkpoint_path(tmp_path, 1))["model"]["w"], torch.ones(3)
+        checkpoint.load(runs.checkpoint_path(tmp_path, 1))["model"]["w"], torch.ones(3)
     )
-    assert checkpoint.latest_checkpoint(tmp_path).name == "ckpt_1.pt"  # the temp file is ignored
+    assert runs.latest_checkpoint(tmp_path).name == "ckpt_1.pt"  # the temp file is ignored
     partial = [p for p in tmp_path.iterdir() if p.name != "ckpt_1.pt"]
     assert len(partial) == 1 and partial[0].stat().st_size > 0  # killed mid-write
-    assert checkpoint.remove_partial(tmp_path) == partial  # what resume does first
+    assert runs.remove_partial(tmp_path) == partial  # what resume does first
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt_1.pt"]
 
 
 def test_latest_and_prune_order_by_step_not_name(tmp_path):
-    assert checkpoint.latest_checkpoint(tmp_path) is None
+    assert runs.latest_checkpoint(tmp_path) is None
     for step in (9, 10, 100, 2):
-        checkpoint.save(checkpoint.checkpoint_path(tmp_path, step), minimal_state(step))
+        checkpoint.save(runs.checkpoint_path(tmp_path, step), minimal_state(step))
     (tmp_path / "ckpt_notes.txt").write_text("not a checkpoint")
-    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [
+    assert [p.name for p in runs.list_checkpoints(tmp_path)] == [
         "ckpt_2.pt", "ckpt_9.pt", "ckpt_10.pt", "ckpt_100.pt"
     ]
-    assert checkpoint.latest_checkpoint(tmp_path).name == "ckpt_100.pt"
-    assert checkpoint.prune(tmp_path, None) == []
-    removed = checkpoint.prune(tmp_path, 2)
+    assert runs.latest_checkpoint(tmp_path).name == "ckpt_100.pt"
+    assert runs.prune(tmp_path, None) == []
+    removed = runs.prune(tmp_path, 2)
     assert [p.name for p in removed] == ["ckpt_2.pt", "ckpt_9.pt"]
-    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["ckpt_10.pt", "ckpt_100.pt"]
+    assert [p.name for p in runs.list_checkpoints(tmp_path)] == ["ckpt_10.pt", "ckpt_100.pt"]
 
 
 def test_resolve_checkpoint(tmp_path):
-    checkpoint.save(checkpoint.checkpoint_path(tmp_path, 3), minimal_state(3))
-    assert checkpoint.resolve_checkpoint(tmp_path, None).name == "ckpt_3.pt"
-    assert checkpoint.resolve_checkpoint(tmp_path, 3) == tmp_path / "ckpt_3.pt"
-    assert checkpoint.resolve_checkpoint(tmp_path, "ckpt_3.pt") == tmp_path / "ckpt_3.pt"
+    checkpoint.save(runs.checkpoint_path(tmp_path, 3), minimal_state(3))
+    assert runs.resolve_checkpoint(tmp_path, None).name == "ckpt_3.pt"
+    assert runs.resolve_checkpoint(tmp_path, 3) == tmp_path / "ckpt_3.pt"
+    assert runs.resolve_checkpoint(tmp_path, "ckpt_3.pt") == tmp_path / "ckpt_3.pt"
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no ckpt"):
-        checkpoint.resolve_checkpoint(empty, None)
+        runs.resolve_checkpoint(empty, None)
 
 
 def test_load_module_state_names_missing_unexpected_and_mismatched_keys():

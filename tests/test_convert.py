@@ -20,6 +20,7 @@ from bridge_torch.data.sources.convert import ConvertOptions, convert, main
 from bridge_torch.data.sources.legacy_numpy import load_out_npy
 from bridge_torch.data.sources.synthetic import generate_raw_dataset
 from bridge_torch.data.store import open_store
+from helpers import dead_writer_temporary
 
 SIZE = 16
 
@@ -318,8 +319,8 @@ def test_failed_write_leaves_no_out_npy_and_rerun_finishes(tmp_path: Path, monke
     task = next(raw.rglob("traj_group0")).parents[2].relative_to(raw)
     split_dir = tmp_path / "out" / task / "train"
     split_dir.mkdir(parents=True, exist_ok=True)  # as if killed mid-write: temp files remain
-    (split_dir / ".out.npy.tmp-123").write_bytes(b"partial")
-    (split_dir / ".packed.tmp-123-x").mkdir()
+    (split_dir / dead_writer_temporary("out.npy")).write_bytes(b"partial")
+    (split_dir / dead_writer_temporary("packed")).mkdir()
     reports = _convert(raw, tmp_path / "out", train_proportion=1.0)
     assert reports[0].status == "converted"
     assert sorted(p.name for p in split_dir.iterdir()) == ["out.npy"]

@@ -19,9 +19,9 @@ import torch
 
 from bridge_torch.data.sources.convert import ConvertOptions, convert
 from bridge_torch.data.sources.synthetic import generate_raw_dataset
-from bridge_torch.train import checkpoint
+from bridge_torch.train import checkpoint, runs
 from bridge_torch.train.metrics_log import read_metrics
-from helpers import free_port
+from helpers import dead_writer_temporary, free_port
 
 pytestmark = pytest.mark.slow
 TRAIN = str(Path(sys.executable).parent / "bridge-torch-train")
@@ -51,11 +51,11 @@ def wait_for_step(save_dir: Path, process: subprocess.Popen, step: int) -> Path:
     """Poll until the run has logged ``step`` losses and written a checkpoint; its run dir."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
-        runs = list(save_dir.glob("bridgedata_torch/*"))
-        metrics = runs[0] / "metrics.jsonl" if runs else None
-        if metrics and metrics.is_file() and checkpoint.latest_checkpoint(runs[0]) is not None \
+        found = list(save_dir.glob("bridgedata_torch/*"))
+        metrics = found[0] / "metrics.jsonl" if found else None
+        if metrics and metrics.is_file() and runs.latest_checkpoint(found[0]) is not None \
                 and metrics.read_text().count('"training/loss"') >= step:
-            return runs[0]
+            return found[0]
         time.sleep(0.02)
     raise AssertionError(f"the run ended or stalled before step {step}: {process.poll()}")
 
@@ -74,9 +74,9 @@ def test_sigkill_at_a_random_step_then_resume_continues_exactly(converted_tree: 
         victim.send_signal(signal.SIGKILL)
         victim.wait()
     assert victim.returncode == -signal.SIGKILL
-    killed_at = checkpoint.latest_checkpoint(run_dir)
+    killed_at = runs.latest_checkpoint(run_dir)
     assert killed_at.name != f"ckpt_{NUM_STEPS}.pt"  # it really died mid-run
-    partial = run_dir / f".ckpt_{NUM_STEPS}.pt.4242.tmp"  # as a kill during a write leaves it
+    partial = run_dir / dead_writer_temporary(f"ckpt_{NUM_STEPS}.pt")  # as a kill leaves it
     partial.write_bytes(b"PK\x03\x04 partial")
     resumed = subprocess.run([TRAIN, f"resume={run_dir}"], capture_output=True, text=True,
                              timeout=300, env=env)
@@ -95,14 +95,14 @@ def test_sigkill_at_a_random_step_then_resume_continues_exactly(converted_tree: 
 
 FULL_DISK = textwrap.dedent("""
     import resource, signal, sys, torch
-    from bridge_torch.train import checkpoint
+    from bridge_torch.train import checkpoint, runs
     state = {"step": 1, "config": {}, "stats": {}, "agent_shapes": {},
              "model": {"w": torch.ones(3)}, "ema": None}
-    checkpoint.save(checkpoint.checkpoint_path(sys.argv[1], 1), state)
+    checkpoint.save(runs.checkpoint_path(sys.argv[1], 1), state)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail, as on a full disk
     resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
     state.update(step=2, model={"w": torch.zeros(100_000)})
-    checkpoint.save(checkpoint.checkpoint_path(sys.argv[1], 2), state)
+    checkpoint.save(runs.checkpoint_path(sys.argv[1], 2), state)
 """)
 
 

@@ -6,13 +6,10 @@ import re
 
 import pytest
 
+from bridge_torch.atomic import write_json_atomic
 from bridge_torch.train.config import WandbConfig
-from bridge_torch.train.metrics_log import (
-    MetricsLogger,
-    make_run_id,
-    read_metrics,
-    write_json_atomic,
-)
+from bridge_torch.train.metrics_log import MetricsLogger, read_metrics
+from bridge_torch.train.runs import make_run_id
 
 
 def test_run_ids_are_unique_and_timestamped():

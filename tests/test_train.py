@@ -19,7 +19,7 @@ from bridge_torch.agents import AgentShapes, build_agent, count_parameters
 from bridge_torch.data.datasets import open_split, resolve_task_dirs, training_statistics
 from bridge_torch.data.store import Trajectory, write_store
 from bridge_torch.deploy import restore
-from bridge_torch.train import checkpoint
+from bridge_torch.train import checkpoint, runs
 from bridge_torch.train.config import TrainConfig, compose_config, load_config, to_container
 from bridge_torch.train.distributed import DistInfo
 from bridge_torch.train.loop import split_batch, train, train_step, wrap_model
@@ -156,7 +156,7 @@ def test_seed_changes_losses_and_same_seed_repeats(data_path, tmp_path):
 def test_keep_last_prunes_old_checkpoints(data_path, tmp_path):
     run_dir = run(data_path, tmp_path, "algo=bc", "num_steps=4", "save_interval=1",
                   "keep_last=2", "eval_interval=100")
-    assert [p.name for p in checkpoint.list_checkpoints(run_dir)] == ["ckpt_3.pt", "ckpt_4.pt"]
+    assert [p.name for p in runs.list_checkpoints(run_dir)] == ["ckpt_3.pt", "ckpt_4.pt"]
 
 
 def test_float16_autocast_uses_a_real_grad_scaler(data_path, tmp_path):

@@ -1,12 +1,12 @@
 """Figures of runs and datasets: loss curves, predicted vs true actions, the preview grid.
 
+
 Figures are ``matplotlib.figure.Figure`` objects bound to an Agg canvas, never made through
 pyplot: drawing changes no global state (pyplot's backend and figure registry), works headless,
 and a figure is freed like any other object. Builders return the figure so tests can inspect it
 and callers can hand it on (``save_png`` writes it).
 """
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from bridge_torch.atomic import write_atomic
 
 DPI = 100
 STEP_LABEL = "update step"
@@ -39,9 +41,7 @@ def save_png(figure: Figure, path: Path) -> Path:
     """Write ``figure`` as a PNG of exactly its size in pixels; readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    figure.savefig(tmp, format="png", dpi=DPI)
-    os.replace(tmp, path)
+    write_atomic(path, lambda handle: figure.savefig(handle, format="png", dpi=DPI))
     return path
 
 

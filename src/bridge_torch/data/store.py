@@ -20,10 +20,7 @@ Layout of a store directory::
 
 import json
 import logging
-import os
-import shutil
 import struct
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from bridge_torch.atomic import atomic_directory, write_text_atomic
 from bridge_torch.data.actions import compute_statistics, merge_statistics, relabel_actions
 
 SCHEMA_VERSION = 1
@@ -261,53 +259,26 @@ def write_store(out_dir: Path, trajectories: Iterable[Trajectory], *,
     out_dir = Path(out_dir)
     if not cameras:
         raise ValueError("write_store: cameras must name at least one camera")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
     writer = None
     try:
-        writer = _StoreWriter(tmp, list(cameras))
-        for traj in tqdm(trajectories, desc=f"packing {out_dir.name}", unit="traj",
-                         disable=not progress):
-            writer.add(traj)
-        meta = writer.finish()
-        meta["source"] = source or {}
-        write_json_atomic(tmp / META_FILE, meta)
-        _fsync_tree(tmp)
-        _replace_dir(tmp, out_dir)
+        with atomic_directory(out_dir) as tmp:
+            writer = _StoreWriter(tmp, list(cameras))
+            for traj in tqdm(trajectories, desc=f"packing {out_dir.name}", unit="traj",
+                             disable=not progress):
+                writer.add(traj)
+            meta = writer.finish()
+            meta["source"] = source or {}
+            write_json_atomic(tmp / META_FILE, meta)
     except BaseException:
         if writer is not None:
             writer.close()
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON to a temporary name in the same directory, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
-
-
-def _fsync_tree(directory: Path) -> None:
-    """Flush every file and the directory itself, so the rename never publishes missing data."""
-    for path in [*directory.iterdir(), directory]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Swap ``new`` into ``target``; the old store is removed only once the new one is in place."""
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.replace(target, old / target.name)
-        os.replace(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, target)
+    """A store's JSON files: compact (indent 1), written through ``atomic.write_text_atomic``."""
+    write_text_atomic(path, json.dumps(payload, indent=1))
 
 
 class PackedStore:

@@ -15,7 +15,7 @@ import yaml
 from torch import nn
 
 from bridge_torch.agents import AgentShapes, build_agent
-from bridge_torch.train import checkpoint
+from bridge_torch.train import checkpoint, runs
 from bridge_torch.train.config import TrainConfig, config_from_container
 
 
@@ -68,7 +68,7 @@ def restore_agent(
             weights do not fit the agent (names the keys).
     """
     run_dir = Path(run_dir)
-    path = checkpoint.resolve_checkpoint(run_dir, checkpoint_ref)
+    path = runs.resolve_checkpoint(run_dir, checkpoint_ref)
     state = checkpoint.load(path)
     _check_belongs_to_run(run_dir, path, state)
     config = config_from_container(state["config"], source=f"{path} [config]")

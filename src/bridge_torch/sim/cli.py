@@ -15,11 +15,11 @@ them into ``<out>/data`` and lists each episode's (task, variation, seed) in
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 
+from bridge_torch.atomic import write_text_atomic
 from bridge_torch.sim.env import DEFAULT_CAMERA, CameraConfig
 
 
@@ -131,9 +131,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     report = evaluate_policy(policy, settings, video_dir=out)
     report["run_dir"], report["checkpoint"] = str(args.run_dir), args.checkpoint
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, out / "report.json")
+    write_text_atomic(out / "report.json", json.dumps(report, indent=1))
     print(format_table(report))
     print(f"report: {out / 'report.json'}")
 

@@ -9,7 +9,6 @@ episodes give the same outcomes whatever order or subset is evaluated.
 """
 
 import logging
-import os
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from bridge_torch.atomic import write_atomic
 from bridge_torch.deploy.policy import BatchedPolicy
 from bridge_torch.sim.actions import bridge_to_metaworld
 from bridge_torch.sim.collect import episode_for, run_expert
@@ -154,10 +154,9 @@ def save_gif(path: Path, frames: list[np.ndarray]) -> None:
     """Write an animated GIF atomically (temporary name, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     images = [Image.fromarray(f) for f in frames]
-    tmp = path.with_name(f".{path.name}.tmp")
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                   duration=GIF_FRAME_MS, loop=0)
-    os.replace(tmp, path)
+    write_atomic(path, lambda handle: images[0].save(
+        handle, format="GIF", save_all=True, append_images=images[1:], duration=GIF_FRAME_MS,
+        loop=0))
 
 
 def format_table(report: dict[str, Any]) -> str:

@@ -10,7 +10,6 @@ with ``val_episodes`` of the ``episodes + val_episodes`` demonstrations per task
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -18,6 +17,7 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
+from bridge_torch.atomic import write_text_atomic
 from bridge_torch.data.sources.convert import ConvertOptions, convert
 from bridge_torch.sim.actions import metaworld_to_bridge
 from bridge_torch.sim.env import (
@@ -157,6 +157,4 @@ def recorded_camera(data_path: str | Path) -> Optional[CameraConfig]:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=1))

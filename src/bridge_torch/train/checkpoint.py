@@ -1,4 +1,5 @@
-"""Checkpoints: plain dicts of tensors and primitives, written atomically, loaded weights-only.
+"""Checkpoints as plain data: dicts of tensors and primitives, saved atomically, loaded
+weights-only and checked. Where they live and which is the latest is ``train/runs.py``'s job.
 
 A checkpoint ``<run_dir>/ckpt_<step>.pt`` holds everything needed to continue a run exactly and
 to deploy it: ``step``, ``config`` (resolved, plain containers), ``stats`` (normalisation),
@@ -8,71 +9,36 @@ dicts of the raw agent — never a compiled or DDP-wrapped module), ``optimizer`
 Loading uses ``torch.load(weights_only=True)``: no pickled objects, no code execution.
 """
 
-import os
 import pickle
-import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-CHECKPOINT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
-PARTIAL_RE = re.compile(r"^\.ckpt_\d+\.pt\.\d+\.tmp$")  # save()'s temp file while it writes
+from bridge_torch.atomic import os_error, write_atomic
+
 REQUIRED_KEYS = ("step", "config", "stats", "agent_shapes", "model", "ema")
 
 
-def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / f"ckpt_{step}.pt"
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """The run's checkpoints, oldest (smallest step) first."""
-    found = []
-    for path in Path(run_dir).iterdir():
-        match = CHECKPOINT_RE.match(path.name)
-        if match and path.is_file():
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint with the largest step, or None when the run has none yet."""
-    checkpoints = list_checkpoints(run_dir)
-    return checkpoints[-1] if checkpoints else None
-
-
 def save(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically: temp file in the same dir, fsync, rename.
+    """Write ``state`` to ``path`` atomically (``atomic.write_atomic``: temp, fsync, rename).
 
-    A crash mid-write leaves at most a stray ``.tmp`` file (removed by :func:`remove_partial`
-    on resume); the final name only ever holds a complete checkpoint, and an earlier checkpoint
-    is never touched.
+    A crash mid-write leaves at most a stray temporary (removed by ``runs.remove_partial`` on
+    resume once its writer is dead); the final name only ever holds a complete checkpoint, and
+    an earlier checkpoint is never touched.
 
     Raises:
-        OSError: the write failed (e.g. a full disk); says so instead of torch's zip-writer error.
+        OSError: the write failed; says why (disk full with the free bytes, permission, a
+            temporary removed by another process) and that earlier checkpoints are unchanged.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:  # torch's writer reports ENOSPC/EFBIG as RuntimeError
-        free = shutil.disk_usage(path.parent).free
-        raise OSError(f"cannot write checkpoint {path} ({type(err).__name__}: {err}); is the "
-                      f"disk full ({free} bytes free) or a file-size limit reached? Earlier "
-                      "checkpoints are unchanged") from err
-    finally:
-        tmp.unlink(missing_ok=True)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # make the rename itself durable
-    finally:
-        os.close(directory)
+        write_atomic(path, lambda handle: torch.save(state, handle))
+    except OSError as err:
+        reason = str(err).removeprefix(f"cannot write {path}: ")
+        raise os_error(err.errno, f"cannot write checkpoint {path} ({reason}). Earlier "
+                       "checkpoints are unchanged") from err
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -91,29 +57,6 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     if missing:
         raise ValueError(f"{path} is not a bridge-torch checkpoint: missing keys {missing}")
     return state
-
-
-def remove_partial(run_dir: Path) -> list[Path]:
-    """Delete temp files of checkpoint writes that were killed; return them.
-
-    Why: a killed :func:`save` leaves ``.ckpt_<step>.pt.<pid>.tmp`` as large as a checkpoint;
-    no loader ever picks it, but nobody else would ever delete it either.
-    """
-    removed = [p for p in Path(run_dir).iterdir() if PARTIAL_RE.match(p.name) and p.is_file()]
-    for path in removed:
-        path.unlink(missing_ok=True)  # another rank may have removed it already
-    return removed
-
-
-def prune(run_dir: Path, keep_last: int | None) -> list[Path]:
-    """Delete all but the ``keep_last`` newest checkpoints (None keeps all); return the removed."""
-    if keep_last is None:
-        return []
-    checkpoints = list_checkpoints(run_dir)
-    removed = checkpoints[: max(len(checkpoints) - keep_last, 0)]
-    for path in removed:
-        path.unlink()
-    return removed
 
 
 def load_module_state(module: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
@@ -137,16 +80,3 @@ def load_module_state(module: nn.Module, state: dict[str, torch.Tensor], *, sour
         what = f"{source} does not fit this {type(module).__name__}"
         raise ValueError(f"{what}: " + "; ".join(problems))
     module.load_state_dict(state, strict=True)
-
-
-def resolve_checkpoint(run_dir: Path, checkpoint: str | Path | int | None) -> Path:
-    """None -> the latest checkpoint; an int -> ``ckpt_<int>.pt``; a path -> that file."""
-    if checkpoint is None:
-        path = latest_checkpoint(run_dir)
-        if path is None:
-            raise FileNotFoundError(f"no ckpt_<step>.pt in run directory {run_dir}")
-        return path
-    if isinstance(checkpoint, int):
-        return checkpoint_path(run_dir, checkpoint)
-    path = Path(checkpoint)
-    return path if path.is_absolute() else Path(run_dir) / path

@@ -30,7 +30,7 @@ from bridge_torch.batch import ACTIONS
 from bridge_torch.data.augment.augmenter import Augmenter
 from bridge_torch.data.sampler import TransitionSampler, iterate_validation
 from bridge_torch.sim.training import sim_eval_metrics, sim_eval_settings
-from bridge_torch.train import checkpoint, distributed
+from bridge_torch.train import checkpoint, distributed, runs
 from bridge_torch.train.config import (
     AMP_DTYPES,
     TrainConfig,
@@ -72,7 +72,7 @@ def train(config: TrainConfig) -> Path:
     configure_backends(config, device)
     sim_settings = sim_eval_settings(config)
     run_dir = prepare_run_dir(config, info)
-    resumed = checkpoint.load(checkpoint.latest_checkpoint(run_dir)) if config.resume else None
+    resumed = checkpoint.load(runs.latest_checkpoint(run_dir)) if config.resume else None
 
     # ---- data, agent, optimizer/EMA: everything a checkpoint restores -----------------------
     data = load_run_data(config, device, stats=resumed["stats"] if resumed else None)

@@ -5,10 +5,7 @@ update ``step`` and keys prefixed by their split (``training/loss``, ``validatio
 to W&B when ``wandb.mode`` is not "disabled". W&B is an optional extra, imported only when used.
 """
 
-import datetime
 import json
-import os
-import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,29 +13,10 @@ from typing import Any
 
 import torch
 
+from bridge_torch.atomic import write_text_atomic
 from bridge_torch.train.config import WandbConfig
 from bridge_torch.train.distributed import DistInfo, all_reduce_sum
-
-PROJECT_DIR = "bridgedata_torch"  # <save_dir>/bridgedata_torch/<run id>/ (earlier port's layout)
-METRICS_FILE = "metrics.jsonl"
-
-
-def make_run_id(name: str) -> str:
-    """``<name>_<YYYYmmdd_HHMMSS_micro>_<4 hex>``: parallel launches never collide (the earlier
-    port's ids had one-second resolution and could)."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S_%f")
-    return f"{name}_{stamp}_{secrets.token_hex(2)}"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary sibling, then rename: readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+from bridge_torch.train.runs import METRICS_FILE
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -16,16 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from bridge_torch.train import checkpoint
+from bridge_torch.atomic import write_json_atomic, write_text_atomic
+from bridge_torch.train import checkpoint, runs
 from bridge_torch.train.config import TrainConfig, to_container, to_yaml
 from bridge_torch.train.distributed import DistInfo, barrier, broadcast_object, gather_objects
 from bridge_torch.train.ema import EMA
-from bridge_torch.train.metrics_log import (
-    PROJECT_DIR,
-    make_run_id,
-    write_json_atomic,
-    write_text_atomic,
-)
 from bridge_torch.train.run_data import RunData
 
 log = logging.getLogger(__name__)
@@ -87,25 +82,25 @@ def prepare_run_dir(config: TrainConfig, info: DistInfo) -> Path:
     """The resumed run's directory, or a fresh unique one chosen by rank 0 and shared."""
     if config.resume is not None:
         run_dir = Path(config.resume)
-        if checkpoint.latest_checkpoint(run_dir) is None:
+        if runs.latest_checkpoint(run_dir) is None:
             raise FileNotFoundError(f"resume={config.resume}: no ckpt_<step>.pt to resume from")
-        for partial in checkpoint.remove_partial(run_dir) if info.is_main else []:
+        for partial in runs.remove_partial(run_dir) if info.is_main else []:
             log.warning("removed %s, left by a checkpoint write that was interrupted", partial)
         return run_dir
     run_dir = None
     if info.is_main:
-        root = Path(config.save_dir).expanduser().resolve() / PROJECT_DIR
-        run_dir = root / make_run_id(config.run_name)
+        root = Path(config.save_dir).expanduser().resolve() / runs.PROJECT_DIR
+        run_dir = root / runs.make_run_id(config.run_name)
         run_dir.mkdir(parents=True)  # never exist_ok: two runs must not share a directory
     return broadcast_object(run_dir, info)
 
 
 def write_run_files(run_dir: Path, config: TrainConfig, stats: dict, summary: dict) -> None:
     """The run's self-description: resolved config (YAML + JSON), statistics, parameter counts."""
-    write_text_atomic(run_dir / "config.yaml", to_yaml(config))
-    write_json_atomic(run_dir / "config.json", to_container(config))
-    write_json_atomic(run_dir / "stats.json", stats)
-    write_json_atomic(run_dir / "model_summary.json", summary)
+    write_text_atomic(run_dir / runs.CONFIG_YAML, to_yaml(config))
+    write_json_atomic(run_dir / runs.CONFIG_JSON, to_container(config))
+    write_json_atomic(run_dir / runs.STATS_FILE, stats)
+    write_json_atomic(run_dir / runs.SUMMARY_FILE, summary)
 
 
 def param_checksum(module: nn.Module) -> float:
@@ -137,7 +132,7 @@ def save_training_state(
         raise RuntimeError(
             f"step {step}: DDP replicas diverged, parameter sums per rank {checksums}"
         )
-    path = checkpoint.checkpoint_path(run_dir, step)
+    path = runs.checkpoint_path(run_dir, step)
     if info.is_main:
         checkpoint.save(path, {
             "step": step,
@@ -155,7 +150,7 @@ def save_training_state(
             "augmenter": [rank_state["augmenter"] for rank_state in per_rank],
             "param_checksums": checksums,
         })
-        checkpoint.prune(run_dir, config.keep_last)
+        runs.prune(run_dir, config.keep_last)
     barrier(info)
     return path
 

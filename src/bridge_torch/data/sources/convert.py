@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from bridge_torch.atomic import stale_temporaries
 from bridge_torch.data.sources.bridge_raw import (
     CAMERA_DIR,
     SkipFolder,
@@ -61,7 +62,6 @@ log = logging.getLogger(__name__)
 FORMATS = ("numpy", "packed", "both")
 SPLITS = ("train", "val")
 OUT_FILE, PACKED_DIR, DONE_MARKER = "out.npy", "packed", "conversion.json"
-TEMP_PREFIXES = (f".{OUT_FILE}.tmp-", f".{PACKED_DIR}.tmp-", f".{PACKED_DIR}.old-")
 LOG_FORMAT = "%(levelname)s %(processName)s %(name)s: %(message)s"
 # statuses of a collection
 CONVERTED, ALREADY_DONE, EMPTY, FAILED = "converted", "already converted", "no output", "failed"
@@ -222,13 +222,15 @@ def _write_splits(out_dir: Path, splits: dict[str, list[tuple[Path, dict]]],
 
 
 def _remove_stale(out_dir: Path, written: dict[str, set[str]]) -> None:
-    """Remove our outputs this run did not write (old splits/formats, temp files), empty dirs."""
+    """Remove our outputs this run did not write (old splits/formats, temporaries left by dead
+    writers), empty dirs."""
     for split in SPLITS:
         split_dir = out_dir / split
         if not split_dir.is_dir():
             continue
+        stale = set(stale_temporaries(split_dir))
         for entry in split_dir.iterdir():
-            ours = entry.name in (OUT_FILE, PACKED_DIR) or entry.name.startswith(TEMP_PREFIXES)
+            ours = entry.name in (OUT_FILE, PACKED_DIR) or entry in stale
             if ours and entry.name not in written.get(split, set()):
                 log.info("removing stale %s", entry)
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()

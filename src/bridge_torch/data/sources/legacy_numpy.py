@@ -10,14 +10,13 @@ that passes ``allow_pickle=True``; training packs each file once into a pickle-f
 
 import functools
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bridge_torch.atomic import write_atomic
 from bridge_torch.data.store import Trajectory
 
 log = logging.getLogger(__name__)
@@ -39,16 +38,7 @@ def save_out_npy(path: Path, trajectories: list[dict[str, Any]]) -> None:
     array = np.empty(len(trajectories), dtype=object)  # what np.asanyarray(list of dicts) gives
     array[:] = trajectories
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            np.save(file, array, allow_pickle=True)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda file: np.save(file, array, allow_pickle=True))
 
 
 @functools.cache
