@@ -7,6 +7,6 @@ agents, ``importer`` writes a bridge-torch run directory and ``cli`` is
 """
 
 from bridge_torch.deploy.jax_import.errors import JaxImportError
-from bridge_torch.deploy.jax_import.importer import convert, import_checkpoint
+from bridge_torch.deploy.jax_import.importer import convert, convert_tree, import_checkpoint
 
-__all__ = ["JaxImportError", "convert", "import_checkpoint"]
+__all__ = ["JaxImportError", "convert", "convert_tree", "import_checkpoint"]

@@ -96,6 +96,8 @@ def encoder_section(config: dict) -> dict[str, Any]:
     section = {"name": name, "num_filters": int(kwargs.get("num_filters", 64))}
     for key in ("pooling_method", "add_spatial_coordinates", "act"):
         section[key] = _required(kwargs, key, "encoder_kwargs")
+    if "softmax_temperature" in kwargs:  # spatial_softmax only; recorded either way
+        section["softmax_temperature"] = float(kwargs["softmax_temperature"])
     learned = kwargs.get("softmax_temperature", 1.0) == -1
     if section["pooling_method"] == "spatial_softmax" and learned:
         raise JaxImportError("encoder_kwargs.softmax_temperature -1 (a learned temperature) "

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -28,6 +29,7 @@ from bridge_torch.deploy.jax_import.errors import JaxImportError
 from bridge_torch.training_state import write_run_files
 
 JAX_CONFIG_COPY = "jax_config.json"  # the original config, kept next to ours for provenance
+FORMAT = "flax msgpack (rail-berkeley/bridge_data_v2)"
 
 
 @dataclass
@@ -62,32 +64,46 @@ def _check_network_kind(weights: train_state.JaxState, agent: str, source: str) 
         raise JaxImportError(f"{source} holds {found}, but the config's agent is {agent!r}")
 
 
+def convert_tree(tree: flax_msgpack.Tree, original: dict[str, Any], size: int,
+                 source: dict[str, str]) -> ImportedRun:
+    """Check and convert a decoded checkpoint tree with its config JSON (nothing is written).
+
+    Args:
+        original: the parsed config JSON; size: the image size the policy was trained at;
+        source: ``checkpoint`` (named in errors) and ``config``, recorded in the checkpoint.
+    """
+    name = source["checkpoint"]
+    sections = jax_config.train_sections(original)
+    weights = train_state.split(tree, name)
+    _check_network_kind(weights, sections["algo"], name)
+    if sections["algo"] == "gc_ddpm_bc":  # the original's score width is fixed, not configured
+        sections["model"]["score_width"] = int(weights.params[params.SCORE_INPUT_KERNEL].shape[-1])
+    config = build_config(sections)
+    shapes = jax_config.agent_shapes(original, size)
+    # Only names and shapes are needed: on the meta device the agent takes no memory and skips
+    # the random initialisation of weights that would be overwritten.
+    with torch.device("meta"):
+        agent = build_agent(config.algo, config.model, config.encoder, config.saliency, **shapes)
+    model = params.state_dict(weights.params, agent, name, "state/params")
+    ema = None
+    if config.ema.enabled:
+        ema = params.state_dict(weights.target_params, agent, name, "state/target_params")
+    summary = count_parameters(agent)
+    if summary["total"] != weights.param_count:
+        raise JaxImportError(f"{name}: the imported agent has {summary['total']:,} parameters, "
+                             f"the checkpoint's state/params {weights.param_count:,}")
+    return ImportedRun(config, jax_config.statistics(original), shapes, summary, weights.step,
+                       model, ema, {**source, "format": FORMAT}, original)
+
+
 def convert(checkpoint_path: Path, config_path: Path, im_size: int | None = None
             ) -> ImportedRun:
     """Read, check and convert a checkpoint and its config JSON (nothing is written)."""
     original = jax_config.load(config_path)
-    sections = jax_config.train_sections(original)
-    shapes = jax_config.agent_shapes(original, jax_config.image_size(config_path, im_size))
+    size = jax_config.image_size(config_path, im_size)
     file = flax_msgpack.locate(checkpoint_path)
-    weights = train_state.split(flax_msgpack.read(file), str(file))
-    _check_network_kind(weights, sections["algo"], str(file))
-    if sections["algo"] == "gc_ddpm_bc":  # the original's score width is fixed, not configured
-        sections["model"]["score_width"] = int(weights.params[params.SCORE_INPUT_KERNEL].shape[-1])
-    config = build_config(sections)
-    agent = build_agent(config.algo, config.model, config.encoder, config.saliency, **shapes)
-    model = params.state_dict(weights.params, agent, f"{file}: state/params")
-    ema = None
-    if config.ema.enabled:
-        ema = params.state_dict(weights.target_params, agent, f"{file}: state/target_params")
-    checkpoint.load_module_state(agent, model, source=f"{file} [state/params]")
-    summary = count_parameters(agent)
-    if summary["total"] != weights.param_count:
-        raise JaxImportError(f"{file}: the imported agent has {summary['total']:,} parameters, "
-                             f"the checkpoint's state/params {weights.param_count:,}")
-    source = {"checkpoint": str(Path(file).resolve()), "config": str(Path(config_path).resolve()),
-              "format": "flax msgpack (rail-berkeley/bridge_data_v2)"}
-    return ImportedRun(config, jax_config.statistics(original), shapes, summary, weights.step,
-                       model, ema, source, original)
+    source = {"checkpoint": str(file.resolve()), "config": str(Path(config_path).resolve())}
+    return convert_tree(flax_msgpack.read(file), original, size, source)
 
 
 def write_run(run: ImportedRun, out: Path) -> Path:

@@ -144,9 +144,12 @@ def _listing(title: str, items: list[str]) -> str:
     return f"{title} {len(items)}: {shown}{more}"
 
 
-def state_dict(arrays: dict[str, np.ndarray], agent: nn.Module, where: str
+def state_dict(arrays: dict[str, np.ndarray], agent: nn.Module, source: str, where: str
                ) -> dict[str, torch.Tensor]:
-    """Convert one flattened parameter tree (paths under ``where``) into ``agent``'s state dict.
+    """Convert one flattened parameter tree into ``agent``'s state dict.
+
+    Args:
+        arrays: leaves by path under ``where`` (e.g. "state/params") of the file ``source``.
 
     Raises:
         JaxImportError: leaves missing, unexpected or of the wrong shape or dtype, each named by
@@ -174,6 +177,6 @@ def state_dict(arrays: dict[str, np.ndarray], agent: nn.Module, where: str
                 (("shape/dtype mismatches", wrong), ("missing leaves", missing),
                  ("unexpected leaves", unexpected)) if items]
     if problems:
-        raise JaxImportError("the checkpoint does not match the network its config describes: "
-                             + " | ".join(problems))
+        raise JaxImportError(f"{source}: {where} does not match the network the config "
+                             "describes: " + " | ".join(problems))
     return {leaf.torch: to_tensor(arrays[leaf.jax], leaf.layout) for leaf in leaves}
