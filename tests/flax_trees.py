@@ -7,12 +7,16 @@ msgpack extension of type 1 holding ``[shape, dtype name, little-endian C-order 
 3 score blocks) to check parameter counts without a 330 MB file.
 """
 
+import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import numpy as np
+
+from bridge_torch.deploy.jax_import import flax_msgpack
 
 FIXTURES = Path(__file__).parent / "fixtures" / "jax"
 SMALL_FILTERS, FULL_FILTERS = 8, 64
@@ -103,3 +107,27 @@ def full_size_tree(agent: str, score_blocks: int = 3) -> dict:
                 arrays[full, dtype] = value.reshape(full)
             flat[full_path] = arrays[full, dtype]
     return nest(flat)
+
+
+def weight_trees(tree: dict) -> list[dict]:
+    """The four copies of the parameter tree in a bc/gc_bc checkpoint (weights, target, Adam)."""
+    state = tree["state"]
+    adam = state["opt_states"]["0"]
+    return [state["params"], state["target_params"], adam["mu"], adam["nu"]]
+
+
+def rewrite_checkpoint(source: Path, out: Path, edit: Callable[[dict], object]) -> Path:
+    """``source`` decoded, changed in place by ``edit`` and written to ``out`` as flax would."""
+    tree = flax_msgpack.read(source)
+    edit(tree)
+    out.write_bytes(pack(tree))
+    return out
+
+
+def rewrite_config(source: Path, folder: Path, edit: Callable[[dict], object]) -> Path:
+    """The config JSON changed by ``edit``, under its own name in ``folder``."""
+    config = json.loads(source.read_text())
+    edit(config)
+    path = folder / source.name
+    path.write_text(json.dumps(config))
+    return path

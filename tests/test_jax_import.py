@@ -6,8 +6,10 @@ original networks' outputs on fixed inputs (reference.npz). Comparisons run in f
 """
 
 import json
+import mmap
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
@@ -15,18 +17,14 @@ import numpy as np
 import pytest
 import torch
 
+import flax_trees
 from bridge_torch.agents.bc import gaussian_log_prob
 from bridge_torch.checkpoint import load, restore_agent
 from bridge_torch.config import load_config
-from bridge_torch.deploy.jax_import import (
-    JaxImportError,
-    convert_tree,
-    flax_msgpack,
-    import_checkpoint,
-)
+from bridge_torch.deploy.jax_import import JaxImportError, flax_msgpack, importer
 from bridge_torch.deploy.jax_import import config as jax_config
 from bridge_torch.policy import BatchedPolicy, Policy
-from flax_trees import FIXTURES, full_size_tree, listing, pack
+from flax_trees import FIXTURES, pack
 
 AGENTS = ("bc", "gc_bc", "gc_ddpm_bc")
 SMALL_COUNTS = {"bc": 486_271, "gc_bc": 487_447, "gc_ddpm_bc": 896_135}
@@ -55,8 +53,8 @@ def close(actual: torch.Tensor | np.ndarray, expected: np.ndarray, atol: float,
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("imported")
-    return {agent: import_checkpoint(checkpoint_dir(agent), config_path(agent), root / agent)
-            for agent in AGENTS}
+    return {a: importer.import_checkpoint(checkpoint_dir(a), config_path(a), root / a)
+            for a in AGENTS}
 
 
 def inputs(ref: dict[str, np.ndarray]) -> tuple[dict, dict]:
@@ -79,15 +77,17 @@ def encode_with_stages(agent: torch.nn.Module, obs: dict, goal: dict
     return features, stages
 
 
-# ---- reading the file --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("agent", AGENTS)
 def test_reader_gives_the_original_listing_as_read_only_views(agent: str) -> None:
     tree = flax_msgpack.read(checkpoint_dir(agent) / "checkpoint")
     found = [(path, leaf.shape, leaf.dtype.name) for path, leaf in flax_msgpack.leaves(tree)]
-    assert found == listing(agent)
+    assert found == flax_trees.listing(agent)
     kernel = tree["state"]["params"]["modules_actor"]["encoder"]["encoder"]["conv_init"]["kernel"]
-    assert not kernel.flags.writeable and not kernel.flags.owndata  # a view of the mapping
+    while isinstance(kernel, np.ndarray):  # a read-only view of the memory-mapped file
+        assert not kernel.flags.writeable and not kernel.flags.owndata
+        kernel = kernel.base
+    assert isinstance(kernel, memoryview) and isinstance(kernel.obj, mmap.mmap)
     assert int(tree["state"]["step"]) == 3
 
 
@@ -115,18 +115,15 @@ def test_maps_instead_of_lists_in_a_bare_file_import_the_same_weights(
     assert list(tree["state"]["opt_states"]) == ["0", "1"]
     bare = tmp_path / "checkpoint_3"
     bare.write_bytes(pack(tree))
-    def opt_states(path: Path) -> object:
-        return msgpack.unpackb(path.read_bytes(), ext_hook=lambda *_: 0)["state"]["opt_states"]
-
-    assert isinstance(opt_states(checkpoint_dir("gc_bc") / "checkpoint"), list)
-    assert isinstance(opt_states(bare), dict)
-    out = import_checkpoint(bare, config_path("gc_bc"), tmp_path / "run")
+    for path, kind in ((checkpoint_dir("gc_bc") / "checkpoint", list), (bare, dict)):
+        raw = msgpack.unpackb(path.read_bytes(), ext_hook=lambda *_: 0)
+        assert isinstance(raw["state"]["opt_states"], kind)  # the original stores a list
+    out = importer.import_checkpoint(bare, config_path("gc_bc"), tmp_path / "run")
     ours, original = load(out / "ckpt_3.pt")["model"], load(runs["gc_bc"] / "ckpt_3.pt")["model"]
     assert ours.keys() == original.keys()
     assert all(torch.equal(ours[key], original[key]) for key in ours)
 
 
-# ---- numbers: the original's outputs ---------------------------------------------------------
 
 @pytest.mark.parametrize("agent", ["bc", "gc_bc"])
 def test_gaussian_policies_reproduce_the_original(agent: str, runs: dict[str, Path]) -> None:
@@ -179,13 +176,6 @@ def test_ddpm_noise_predictions_match_with_online_and_target_weights(
     assert np.abs(eps.numpy().reshape(4, 1, 7) - ref[f"eps_pred_{other}"]).max() > 0.1
 
 
-def test_ddpm_schedule_matches(runs: dict[str, Path]) -> None:
-    ref, model = reference("gc_ddpm_bc"), restore_agent(runs["gc_ddpm_bc"], device="cpu").agent
-    close(model.betas, ref["betas"], 1e-5)
-    close(model.alphas, ref["alphas"], 1e-5)
-    close(model.alpha_bars, ref["alpha_hats"], 1e-5)
-
-
 def replay_noise(monkeypatch: pytest.MonkeyPatch, ref: dict[str, np.ndarray]) -> list:
     """Make the sampler draw the original's exported noise: x_T, then z for t = T-1 .. 1."""
     draws = [ref["sampler_x_T"], *ref["sampler_z"][:-1]]  # the last z (t = 0) is never used
@@ -199,16 +189,18 @@ def replay_noise(monkeypatch: pytest.MonkeyPatch, ref: dict[str, np.ndarray]) ->
     return queue
 
 
-def test_ddpm_sampler_replays_the_original_sample(monkeypatch: pytest.MonkeyPatch,
-                                                  runs: dict[str, Path]) -> None:
+def test_ddpm_schedule_and_sampler_replay_the_original(monkeypatch: pytest.MonkeyPatch,
+                                                       runs: dict[str, Path]) -> None:
     ref, model = reference("gc_ddpm_bc"), restore_agent(runs["gc_ddpm_bc"], device="cpu").agent
+    close(model.betas, ref["betas"], 1e-5)
+    close(model.alphas, ref["alphas"], 1e-5)
+    close(model.alpha_bars, ref["alpha_hats"], 1e-5)
     queue = replay_noise(monkeypatch, ref)
     actions = model.sample_actions(*inputs(ref))
     assert queue == []
     close(actions, ref["sample_actions_seeded"], 1e-3)
 
 
-# ---- deployment: Policy.from_run -------------------------------------------------------------
 
 def denormalised(agent: str, actions: np.ndarray) -> np.ndarray:
     action = json.loads(config_path(agent).read_text())["bridgedata_config"][
@@ -238,7 +230,6 @@ def test_policy_from_run_samples_with_the_ema_weights(monkeypatch: pytest.Monkey
     close(actions, denormalised("gc_ddpm_bc", ref["sample_actions_seeded"][:, 0]), 1e-3)
 
 
-# ---- the run directory and the config mapping -------------------------------------------------
 
 @pytest.mark.parametrize("agent", AGENTS)
 def test_run_directory_is_a_normal_bridge_torch_run(agent: str, runs: dict[str, Path]) -> None:
@@ -279,121 +270,103 @@ def test_config_mapping_of_the_diffusion_policy() -> None:
 
 
 @pytest.mark.parametrize("agent", AGENTS)
-def test_default_size_tree_has_the_released_parameter_count(agent: str) -> None:
-    tree = flax_msgpack.decode(pack(full_size_tree(agent)), "<default-size tree>")
+def test_default_size_tree_has_the_released_parameter_count(agent: str, tmp_path: Path) -> None:
+    tree = flax_msgpack.decode(pack(flax_trees.full_size_tree(agent)), "<tree>")
     original = json.loads(config_path(agent).read_text())
     original["encoder_kwargs"]["num_filters"] = 64
     if agent == "gc_ddpm_bc":
         original["agent_kwargs"]["score_network_kwargs"]["num_blocks"] = 3
-    run = convert_tree(tree, original, 256, {"checkpoint": "<default-size tree>", "config": "-"})
-    assert run.summary["total"] == FULL_COUNTS[agent]
+    run = importer.convert_tree(tree, original, 256, {"checkpoint": "<tree>", "config": "-"})
+    importer.write_run(run, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "model_summary.json").read_text())
+    assert summary["total"] == run.summary["total"] == FULL_COUNTS[agent]
 
 
-# ---- refusals: a clear error, and nothing at --out ---------------------------------------------
 
-def weight_trees(tree: dict) -> list[dict]:
-    """The four copies of the parameter tree in a gc_bc checkpoint (weights, target, Adam)."""
-    state = tree["state"]
-    adam = state["opt_states"]["0"]
-    return [state["params"], state["target_params"], adam["mu"], adam["nu"]]
+def actor(tree: dict, which: str = "params") -> dict:
+    return tree["state"][which]["modules_actor"]
 
 
-def edited(tmp_path: Path, agent: str, edit) -> Path:
-    tree = flax_msgpack.read(checkpoint_dir(agent) / "checkpoint")
-    edit(tree)
-    path = tmp_path / "checkpoint_3"
-    path.write_bytes(pack(tree))
-    return path
+def in_every_weight_tree(edit: Callable[[dict], object]) -> Callable[[dict], None]:
+    """Apply ``edit`` to params, target_params and Adam's moments alike (they must agree)."""
+    def apply(tree: dict) -> None:
+        for params in flax_trees.weight_trees(tree):
+            edit(params["modules_actor"])
+
+    return apply
 
 
-def add_extra_leaf(tree: dict) -> None:
-    for params in weight_trees(tree):
-        params["modules_actor"]["extra"] = {"kernel": np.zeros(3, np.float32)}
-
-
-def drop_leaf(tree: dict) -> None:
-    for params in weight_trees(tree):
-        del params["modules_actor"]["network"]["Dense_2"]["bias"]
-
-
-def make_int(tree: dict) -> None:
-    tree["state"]["params"]["modules_actor"]["Dense_0"]["bias"] = np.zeros(7, np.int32)
-
-
-def drop_target_leaf(tree: dict) -> None:
-    del tree["state"]["target_params"]["modules_actor"]["Dense_0"]["bias"]
-
-
-def edited_config(tmp_path: Path, agent: str, edit) -> Path:
-    config = json.loads(config_path(agent).read_text())
-    edit(config)
-    path = tmp_path / f"{agent}_128_config.json"
-    path.write_text(json.dumps(config))
-    return path
-
-
-def truncated(tmp_path: Path) -> tuple[Path, Path]:
-    path = tmp_path / "checkpoint_3"
-    path.write_bytes((checkpoint_dir("gc_bc") / "checkpoint").read_bytes()[:3_000_000])
-    return path, config_path("gc_bc")
-
-
-def not_msgpack(tmp_path: Path) -> tuple[Path, Path]:
-    path = tmp_path / "checkpoint_3"
-    torch.save({"weights": torch.zeros(3)}, path)
-    return path, config_path("gc_bc")
-
-
-CASES = {
-    "truncated": (truncated, r"checkpoint_3: file ends inside an array \(truncated\?\)"),
-    "not msgpack": (not_msgpack, r"checkpoint_3: not a flax msgpack checkpoint"),
-    "empty": (lambda p: ((p / "c").touch() or p / "c", config_path("bc")), r"c: empty file"),
-    "no checkpoint file": (lambda p: (p, config_path("bc")), r"no 'checkpoint' file"),
-    "another agent": (lambda p: (checkpoint_dir("gc_ddpm_bc"), config_path("gc_bc")),
+# case: (checkpoint's agent, config's agent, edit of the tree, edit of the config, error)
+EDITS: dict[str, tuple[str, str, Callable | None, Callable | None, str]] = {
+    "another agent": ("gc_ddpm_bc", "gc_bc", None, None,
                       r"holds a gc_ddpm_bc network, but the config's agent is 'gc_bc'"),
     "filters mismatch": (
-        lambda p: (checkpoint_dir("gc_bc"), edited_config(
-            p, "gc_bc", lambda c: c["encoder_kwargs"].update(num_filters=16))),
+        "gc_bc", "gc_bc", None, lambda c: c["encoder_kwargs"].update(num_filters=16),
         r"state/params/modules_actor/encoder/encoder/conv_init/kernel: expected float "
         r"\(7, 7, 8, 16\), found float32 \(7, 7, 8, 8\)"),
     "score blocks mismatch": (
-        lambda p: (checkpoint_dir("gc_ddpm_bc"), edited_config(
-            p, "gc_ddpm_bc", lambda c: c["agent_kwargs"]["score_network_kwargs"].update(
-                num_blocks=2))),
+        "gc_ddpm_bc", "gc_ddpm_bc", None,
+        lambda c: c["agent_kwargs"]["score_network_kwargs"].update(num_blocks=2),
         r"missing leaves 6: state/params/modules_actor/reverse_network/MLPResNetBlock_1/"),
-    "extra leaf": (lambda p: (edited(p, "gc_bc", add_extra_leaf), config_path("gc_bc")),
+    "extra leaf": ("gc_bc", "gc_bc",
+                   in_every_weight_tree(lambda a: a.update(extra={"kernel": np.zeros(3)})), None,
                    r"unexpected leaves 1: state/params/modules_actor/extra/kernel \(3,\)"),
-    "missing leaf": (lambda p: (edited(p, "gc_bc", drop_leaf), config_path("gc_bc")),
-                     r"missing leaves 1: state/params/modules_actor/network/Dense_2/bias "
-                     r"\(256,\)"),
-    "integer weights": (lambda p: (edited(p, "gc_bc", make_int), config_path("gc_bc")),
-                        r"modules_actor/Dense_0/bias: expected float \(7,\), found int32"),
-    "target differs": (lambda p: (edited(p, "gc_bc", drop_target_leaf), config_path("gc_bc")),
-                       r"state/target_params does not mirror state/params: missing "
-                       r"state/target_params/modules_actor/Dense_0/bias"),
-    "unknown state key": (
-        lambda p: (edited(p, "bc", lambda t: t["state"].update(ema=np.zeros(1))),
-                   config_path("bc")), r"unexpected \['state/ema'\]"),
-    "unsupported agent": (
-        lambda p: (checkpoint_dir("gc_bc"), edited_config(p, "gc_bc",
-                                                          lambda c: c.update(agent="gc_iql"))),
-        r"config agent 'gc_iql' is not supported"),
-    "unknown config key": (
-        lambda p: (checkpoint_dir("gc_bc"), edited_config(
-            p, "gc_bc", lambda c: c["encoder_kwargs"].update(use_film=True))),
-        r"encoder_kwargs: unsupported entries \['use_film'\]"),
+    "missing leaf": ("gc_bc", "gc_bc", in_every_weight_tree(lambda a: a["network"]["Dense_2"]
+                                                            .pop("bias")), None,
+                     r"missing leaves 1: state/params/"
+                     r"modules_actor/network/Dense_2/bias \(256,\)"),
+    "integer weights": (
+        "gc_bc", "gc_bc", lambda t: actor(t)["Dense_0"].update(bias=np.zeros(7, np.int32)), None,
+        r"modules_actor/Dense_0/bias: expected float \(7,\), found int32"),
+    "target differs": (
+        "gc_bc", "gc_bc", lambda t: actor(t, "target_params")["Dense_0"].pop("bias"), None,
+        r"state/target_params does not mirror state/params: missing "
+        r"state/target_params/modules_actor/Dense_0/bias"),
+    "unknown state key": ("bc", "bc", lambda t: t["state"].update(ema=np.zeros(1)), None,
+                          r"unexpected \['state/ema'\]"),
+    "unsupported agent": ("gc_bc", "gc_bc", None, lambda c: c.update(agent="gc_iql"),
+                          r"config agent 'gc_iql' is not supported"),
+    "unknown config key": ("gc_bc", "gc_bc", None,
+                           lambda c: c["encoder_kwargs"].update(use_film=True),
+                           r"encoder_kwargs: unsupported entries \['use_film'\]"),
+}
+FILES: dict[str, tuple[bytes | None, str]] = {  # bytes of the checkpoint file (None: none)
+    "truncated": ((FIXTURES / "gc_bc" / "checkpoint_3" / "checkpoint").read_bytes()[:3_000_000],
+                  r"checkpoint_3: file ends inside an array \(truncated\?\)"),
+    "json, not msgpack": (b'{"state": {}}', r"checkpoint_3: not a flax msgpack checkpoint"),
+    "empty": (b"", r"checkpoint_3: empty file"),
+    "no checkpoint file": (None, r"no 'checkpoint' file in this directory"),
 }
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_bad_inputs_are_refused_clearly_and_leave_nothing(case: str, tmp_path: Path) -> None:
-    make, message = CASES[case]
-    inputs_dir = tmp_path / "inputs"
-    inputs_dir.mkdir()
-    checkpoint, config = make(inputs_dir)
+def assert_refused(tmp_path: Path, checkpoint: Path, config: Path, message: str) -> None:
     with pytest.raises(JaxImportError, match=message):
-        import_checkpoint(checkpoint, config, tmp_path / "out")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["inputs"]
+        importer.import_checkpoint(checkpoint, config, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inputs"]  # no run, no temp dir
+
+
+@pytest.mark.parametrize("case", EDITS)
+def test_bad_checkpoints_and_configs_are_refused_clearly(case: str, tmp_path: Path) -> None:
+    tree_agent, config_agent, edit_tree, edit_config, message = EDITS[case]
+    (tmp_path / "inputs").mkdir()
+    checkpoint, config = checkpoint_dir(tree_agent), config_path(config_agent)
+    if edit_tree is not None:
+        checkpoint = flax_trees.rewrite_checkpoint(checkpoint / "checkpoint",
+                                        tmp_path / "inputs" / "checkpoint_3", edit_tree)
+    if edit_config is not None:
+        config = flax_trees.rewrite_config(config, tmp_path / "inputs", edit_config)
+    assert_refused(tmp_path, checkpoint, config, message)
+
+
+@pytest.mark.parametrize("case", FILES)
+def test_files_that_are_no_checkpoint_are_refused_clearly(case: str, tmp_path: Path) -> None:
+    content, message = FILES[case]
+    checkpoint = tmp_path / "inputs" / "checkpoint_3"
+    checkpoint.mkdir(parents=True)
+    if content is not None:
+        checkpoint.rmdir()
+        checkpoint.write_bytes(content)
+    assert_refused(tmp_path, checkpoint, config_path("gc_bc"), message)
 
 
 def test_a_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -402,11 +375,11 @@ def test_a_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setattr("bridge_torch.checkpoint.save", full_disk)
     with pytest.raises(OSError, match="No space left"):
-        import_checkpoint(checkpoint_dir("bc"), config_path("bc"), tmp_path / "out")
+        importer.import_checkpoint(checkpoint_dir("bc"), config_path("bc"), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "out").mkdir()
     with pytest.raises(JaxImportError, match="already exists"):
-        import_checkpoint(checkpoint_dir("bc"), config_path("bc"), tmp_path / "out")
+        importer.import_checkpoint(checkpoint_dir("bc"), config_path("bc"), tmp_path / "out")
 
 
 def test_cli_imports_a_checkpoint_file(tmp_path: Path) -> None:
