@@ -77,7 +77,6 @@ def encode_with_stages(agent: torch.nn.Module, obs: dict, goal: dict
     return features, stages
 
 
-
 @pytest.mark.parametrize("agent", AGENTS)
 def test_reader_gives_the_original_listing_as_read_only_views(agent: str) -> None:
     tree = flax_msgpack.read(checkpoint_dir(agent) / "checkpoint")
@@ -122,7 +121,6 @@ def test_maps_instead_of_lists_in_a_bare_file_import_the_same_weights(
     ours, original = load(out / "ckpt_3.pt")["model"], load(runs["gc_bc"] / "ckpt_3.pt")["model"]
     assert ours.keys() == original.keys()
     assert all(torch.equal(ours[key], original[key]) for key in ours)
-
 
 
 @pytest.mark.parametrize("agent", ["bc", "gc_bc"])
@@ -201,7 +199,6 @@ def test_ddpm_schedule_and_sampler_replay_the_original(monkeypatch: pytest.Monke
     close(actions, ref["sample_actions_seeded"], 1e-3)
 
 
-
 def denormalised(agent: str, actions: np.ndarray) -> np.ndarray:
     action = json.loads(config_path(agent).read_text())["bridgedata_config"][
         "action_proprio_metadata"]["action"]
@@ -228,7 +225,6 @@ def test_policy_from_run_samples_with_the_ema_weights(monkeypatch: pytest.Monkey
     policy = BatchedPolicy.from_run(runs["gc_ddpm_bc"], num_envs=4, sticky_gripper_num_steps=None)
     actions = policy.act(ref["obs_image"][:, 0], ref["goal_image"])
     close(actions, denormalised("gc_ddpm_bc", ref["sample_actions_seeded"][:, 0]), 1e-3)
-
 
 
 @pytest.mark.parametrize("agent", AGENTS)
@@ -280,7 +276,6 @@ def test_default_size_tree_has_the_released_parameter_count(agent: str, tmp_path
     importer.write_run(run, tmp_path / "run")
     summary = json.loads((tmp_path / "run" / "model_summary.json").read_text())
     assert summary["total"] == run.summary["total"] == FULL_COUNTS[agent]
-
 
 
 def actor(tree: dict, which: str = "params") -> dict:
