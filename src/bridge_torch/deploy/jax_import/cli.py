@@ -2,7 +2,7 @@
 
     bridge-torch-import-jax checkpoint_300000/ --config gcbc_256_config.json --out runs/gcbc_256
 
-The run directory it writes works with ``Policy.from_run`` and ``bridge-torch-eval``.
+The run directory it writes loads with ``Policy.from_run`` like a trained run.
 """
 
 import argparse

@@ -1,8 +1,8 @@
 """Import one released JAX checkpoint as a bridge-torch run directory.
 
 The run directory is the one training writes (config.yaml/json, stats.json, model_summary.json,
-ckpt_<step>.pt), so ``Policy.from_run``, ``restore_agent`` and ``bridge-torch-eval`` use it as
-they use a trained run. Online weights (``state/params``) become ``model``; for gc_ddpm_bc the
+ckpt_<step>.pt), so ``Policy.from_run`` and ``restore_agent`` load it as they load a trained
+run. Online weights (``state/params``) become ``model``; for gc_ddpm_bc the
 EMA copy (``state/target_params``), which the original samples with, becomes ``ema``. bc/gc_bc
 keep no EMA: their ``target_params`` are never updated by the original and are not imported.
 Everything is written into a temporary sibling of ``out`` and renamed at the end, so ``out``
