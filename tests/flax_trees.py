@@ -116,6 +116,19 @@ def weight_trees(tree: dict) -> list[dict]:
     return [state["params"], state["target_params"], adam["mu"], adam["nu"]]
 
 
+def actor(tree: dict, which: str = "params") -> dict:
+    return tree["state"][which]["modules_actor"]
+
+
+def in_every_weight_tree(edit: Callable[[dict], object]) -> Callable[[dict], None]:
+    """Apply ``edit`` to params, target_params and Adam's moments alike (they must agree)."""
+    def apply(tree: dict) -> None:
+        for params in weight_trees(tree):
+            edit(params["modules_actor"])
+
+    return apply
+
+
 def rewrite_checkpoint(source: Path, out: Path, edit: Callable[[dict], object]) -> Path:
     """``source`` decoded, changed in place by ``edit`` and written to ``out`` as flax would."""
     tree = flax_msgpack.read(source)

@@ -1,8 +1,8 @@
 """The JAX checkpoint importer against checkpoints and outputs of the original code.
 
-The fixtures (tests/fixtures/jax/<agent>/) were written by the original BridgeData V2 JAX code:
-a released-format checkpoint (8 encoder filters, 1 score block), its config JSON, and the
-original networks' outputs on fixed inputs (reference.npz). Comparisons run in float32 on the CPU.
+tests/fixtures/jax/<agent>/ holds what the original BridgeData V2 JAX code wrote: a checkpoint
+(8 encoder filters, 1 score block), its config JSON and the original networks' outputs on fixed
+inputs (reference.npz). Comparisons run in float32 on the CPU.
 """
 
 import json
@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import msgpack
 import numpy as np
@@ -21,15 +22,14 @@ import flax_trees
 from bridge_torch.agents.bc import gaussian_log_prob
 from bridge_torch.checkpoint import load, restore_agent
 from bridge_torch.config import load_config
-from bridge_torch.deploy.jax_import import JaxImportError, flax_msgpack, importer
+from bridge_torch.deploy.jax_import import JaxImportError, cli, flax_msgpack, importer
 from bridge_torch.deploy.jax_import import config as jax_config
 from bridge_torch.policy import BatchedPolicy, Policy
-from flax_trees import FIXTURES, pack
+from flax_trees import FIXTURES, actor, in_every_weight_tree, pack
 
 AGENTS = ("bc", "gc_bc", "gc_ddpm_bc")
 SMALL_COUNTS = {"bc": 486_271, "gc_bc": 487_447, "gc_ddpm_bc": 896_135}
 FULL_COUNTS = {"bc": 21_555_655, "gc_bc": 21_565_063, "gc_ddpm_bc": 23_025_911}
-STAGE_ENDS = (2, 6, 12, 15)  # last ResNetBlock of each stage
 
 
 def checkpoint_dir(agent: str) -> Path:
@@ -65,11 +65,11 @@ def inputs(ref: dict[str, np.ndarray]) -> tuple[dict, dict]:
 
 def encode_with_stages(agent: torch.nn.Module, obs: dict, goal: dict
                        ) -> tuple[torch.Tensor, list[np.ndarray]]:
-    """Pooled features and the NHWC output of every ResNet stage."""
+    """Pooled features and the NHWC output of every ResNet stage (its last block's)."""
     stages: list[np.ndarray] = []
     blocks = agent.encoder.encoder.blocks
     hooks = [blocks[i].register_forward_hook(
-        lambda _m, _i, out: stages.append(out.permute(0, 2, 3, 1).numpy())) for i in STAGE_ENDS]
+        lambda _m, _i, out: stages.append(out.permute(0, 2, 3, 1).numpy())) for i in (2, 6, 12, 15)]
     with torch.no_grad():
         features, _ = agent.encoder(obs, goal)
     for hook in hooks:
@@ -119,8 +119,7 @@ def test_maps_instead_of_lists_in_a_bare_file_import_the_same_weights(
         assert isinstance(raw["state"]["opt_states"], kind)  # the original stores a list
     out = importer.import_checkpoint(bare, config_path("gc_bc"), tmp_path / "run")
     ours, original = load(out / "ckpt_3.pt")["model"], load(runs["gc_bc"] / "ckpt_3.pt")["model"]
-    assert ours.keys() == original.keys()
-    assert all(torch.equal(ours[key], original[key]) for key in ours)
+    assert ours.keys() == original.keys() and all(torch.equal(ours[k], original[k]) for k in ours)
 
 
 @pytest.mark.parametrize("agent", ["bc", "gc_bc"])
@@ -199,10 +198,14 @@ def test_ddpm_schedule_and_sampler_replay_the_original(monkeypatch: pytest.Monke
     close(actions, ref["sample_actions_seeded"], 1e-3)
 
 
+def action_stats(agent: str) -> dict[str, list[float]]:
+    config = json.loads(config_path(agent).read_text())
+    return config["bridgedata_config"]["action_proprio_metadata"]["action"]
+
+
 def denormalised(agent: str, actions: np.ndarray) -> np.ndarray:
-    action = json.loads(config_path(agent).read_text())["bridgedata_config"][
-        "action_proprio_metadata"]["action"]
-    return actions * np.float32(action["std"]) + np.float32(action["mean"])
+    stats = action_stats(agent)
+    return actions * np.float32(stats["std"]) + np.float32(stats["mean"])
 
 
 @pytest.mark.parametrize("agent", ["bc", "gc_bc"])
@@ -235,14 +238,12 @@ def test_run_directory_is_a_normal_bridge_torch_run(agent: str, runs: dict[str, 
         "stats.json"]
     summary = json.loads((run / "model_summary.json").read_text())
     assert summary["total"] == summary["trainable"] == SMALL_COUNTS[agent]
-    original = json.loads(config_path(agent).read_text())["bridgedata_config"]
-    stats = json.loads((run / "stats.json").read_text())
-    assert stats["actions"]["mean"] == original["action_proprio_metadata"]["action"]["mean"]
-    assert stats["actions"]["std"] == original["action_proprio_metadata"]["action"]["std"]
+    stats = json.loads((run / "stats.json").read_text())["actions"]
+    assert stats == {key: action_stats(agent)[key] for key in ("mean", "std")}
     config, state = load_config(run / "config.yaml"), load(run / "ckpt_3.pt")
     assert config.algo == agent and config.encoder.num_filters == 8
-    assert state["step"] == 3 and state["model_summary"] == summary
-    assert state["agent_shapes"]["image_size"] == 128
+    assert state["step"] == 3 and state["agent_shapes"]["image_size"] == 128
+    assert state["model_summary"] == summary
     assert (state["ema"] is not None) == (agent == "gc_ddpm_bc") == config.ema.enabled
 
 
@@ -254,15 +255,26 @@ def test_config_mapping_of_the_diffusion_policy() -> None:
         "score_width": 256, "diffusion_steps": 20, "beta_schedule": "cosine",
         "repeat_last_step": 0, "use_proprio": False, "early_goal_concat": True,
         "shared_goal_encoder": True}
-    assert sections["encoder"] == {"name": "resnetv1-34-bridge", "num_filters": 8,
-                                   "pooling_method": "avg", "add_spatial_coordinates": True,
-                                   "act": "swish"}
+    assert sections["encoder"] == {"name": "resnetv1-34-bridge", "num_filters": 8, "act": "swish",
+                                   "pooling_method": "avg", "add_spatial_coordinates": True}
     assert sections["ema"] == {"enabled": True, "rate": 0.5}
-    assert sections["data"]["obs_horizon"] == sections["data"]["act_pred_horizon"] == 1
-    assert jax_config.agent_shapes(original, 256)["image_size"] == 256
+    assert jax_config.agent_shapes(original, 256) == {"action_dim": 7, "proprio_dim": 7,
+                                                      "obs_horizon": 1, "act_pred_horizon": 1,
+                                                      "image_size": 256}
     del original["encoder_kwargs"]["num_filters"]  # train_config.py leaves it to the default
     assert jax_config.encoder_section(original)["num_filters"] == 64
     assert jax_config.image_size(Path("gcbc_256_config.json"), None) == 256
+
+
+def test_a_learned_state_dependent_std_maps_onto_its_head() -> None:
+    tree = flax_msgpack.read(checkpoint_dir("bc") / "checkpoint")
+    kernel = np.arange(256 * 7, dtype=np.float32).reshape(256, 7)
+    in_every_weight_tree(lambda a: a.update(Dense_1={"kernel": kernel, "bias": np.ones(7)}))(tree)
+    original = json.loads(config_path("bc").read_text())
+    original["agent_kwargs"]["policy_kwargs"].update(fixed_std=None, state_dependent_std=True)
+    run = importer.convert_tree(tree, original, 128, {"checkpoint": "<tree>", "config": "-"})
+    assert torch.equal(run.model["head.log_std_head.weight"], torch.from_numpy(kernel.T))
+    assert run.summary["total"] == SMALL_COUNTS["bc"] + 256 * 7 + 7
 
 
 @pytest.mark.parametrize("agent", AGENTS)
@@ -273,22 +285,9 @@ def test_default_size_tree_has_the_released_parameter_count(agent: str, tmp_path
     if agent == "gc_ddpm_bc":
         original["agent_kwargs"]["score_network_kwargs"]["num_blocks"] = 3
     run = importer.convert_tree(tree, original, 256, {"checkpoint": "<tree>", "config": "-"})
-    importer.write_run(run, tmp_path / "run")
-    summary = json.loads((tmp_path / "run" / "model_summary.json").read_text())
+    summary = json.loads((importer.write_run(run, tmp_path / "run") / "model_summary.json")
+                         .read_text())
     assert summary["total"] == run.summary["total"] == FULL_COUNTS[agent]
-
-
-def actor(tree: dict, which: str = "params") -> dict:
-    return tree["state"][which]["modules_actor"]
-
-
-def in_every_weight_tree(edit: Callable[[dict], object]) -> Callable[[dict], None]:
-    """Apply ``edit`` to params, target_params and Adam's moments alike (they must agree)."""
-    def apply(tree: dict) -> None:
-        for params in flax_trees.weight_trees(tree):
-            edit(params["modules_actor"])
-
-    return apply
 
 
 # case: (checkpoint's agent, config's agent, edit of the tree, edit of the config, error)
@@ -306,10 +305,9 @@ EDITS: dict[str, tuple[str, str, Callable | None, Callable | None, str]] = {
     "extra leaf": ("gc_bc", "gc_bc",
                    in_every_weight_tree(lambda a: a.update(extra={"kernel": np.zeros(3)})), None,
                    r"unexpected leaves 1: state/params/modules_actor/extra/kernel \(3,\)"),
-    "missing leaf": ("gc_bc", "gc_bc", in_every_weight_tree(lambda a: a["network"]["Dense_2"]
-                                                            .pop("bias")), None,
-                     r"missing leaves 1: state/params/"
-                     r"modules_actor/network/Dense_2/bias \(256,\)"),
+    "missing leaf": ("gc_bc", "gc_bc",
+                     in_every_weight_tree(lambda a: a["network"]["Dense_2"].pop("bias")), None,
+                     r"missing leaves 1: state/params/modules_actor/network/Dense_2/bias \(256,\)"),
     "integer weights": (
         "gc_bc", "gc_bc", lambda t: actor(t)["Dense_0"].update(bias=np.zeros(7, np.int32)), None,
         r"modules_actor/Dense_0/bias: expected float \(7,\), found int32"),
@@ -346,8 +344,8 @@ def test_bad_checkpoints_and_configs_are_refused_clearly(case: str, tmp_path: Pa
     (tmp_path / "inputs").mkdir()
     checkpoint, config = checkpoint_dir(tree_agent), config_path(config_agent)
     if edit_tree is not None:
-        checkpoint = flax_trees.rewrite_checkpoint(checkpoint / "checkpoint",
-                                        tmp_path / "inputs" / "checkpoint_3", edit_tree)
+        checkpoint = flax_trees.rewrite_checkpoint(
+            checkpoint / "checkpoint", tmp_path / "inputs" / "checkpoint_3", edit_tree)
     if edit_config is not None:
         config = flax_trees.rewrite_config(config, tmp_path / "inputs", edit_config)
     assert_refused(tmp_path, checkpoint, config, message)
@@ -357,17 +355,16 @@ def test_bad_checkpoints_and_configs_are_refused_clearly(case: str, tmp_path: Pa
 def test_files_that_are_no_checkpoint_are_refused_clearly(case: str, tmp_path: Path) -> None:
     content, message = FILES[case]
     checkpoint = tmp_path / "inputs" / "checkpoint_3"
-    checkpoint.mkdir(parents=True)
-    if content is not None:
-        checkpoint.rmdir()
+    (tmp_path / "inputs").mkdir()
+    if content is None:
+        checkpoint.mkdir()
+    else:
         checkpoint.write_bytes(content)
     assert_refused(tmp_path, checkpoint, config_path("gc_bc"), message)
 
 
 def test_a_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def full_disk(*_: object) -> None:
-        raise OSError("No space left on device")
-
+    full_disk = mock.Mock(side_effect=OSError("No space left on device"))
     monkeypatch.setattr("bridge_torch.checkpoint.save", full_disk)
     with pytest.raises(OSError, match="No space left"):
         importer.import_checkpoint(checkpoint_dir("bc"), config_path("bc"), tmp_path / "out")
@@ -377,7 +374,7 @@ def test_a_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monke
         importer.import_checkpoint(checkpoint_dir("bc"), config_path("bc"), tmp_path / "out")
 
 
-def test_cli_imports_a_checkpoint_file(tmp_path: Path) -> None:
+def test_cli_imports_a_checkpoint_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     script = Path(sys.executable).parent / "bridge-torch-import-jax"
     out = tmp_path / "run"
     result = subprocess.run([str(script), str(checkpoint_dir("gc_bc") / "checkpoint"),
@@ -386,8 +383,6 @@ def test_cli_imports_a_checkpoint_file(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == f"run_dir: {out}"
     assert load(out / "ckpt_3.pt")["agent_shapes"]["image_size"] == 96
-    failed = subprocess.run([str(script), str(tmp_path), "--config", str(config_path("gc_bc")),
-                             "--out", str(tmp_path / "again")], capture_output=True, text=True,
-                            timeout=120)
-    assert failed.returncode == 1 and "error:" in failed.stderr and "'checkpoint'" in failed.stderr
-    assert not (tmp_path / "again").exists()
+    again = ["--config", str(config_path("gc_bc")), "--out", str(tmp_path / "again")]
+    assert cli.main([str(tmp_path), *again]) == 1  # a folder without a checkpoint file
+    assert "error:" in capsys.readouterr().err and not (tmp_path / "again").exists()
