@@ -38,7 +38,8 @@ import torch
 
 from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS
 from bridge_torch.data.augment import cpu_kernel as augment_cpu
-from bridge_torch.data.augment.augmenter import AUGMENT_OPS, AugmentConfig, Augmenter, kernel_ops
+from bridge_torch.data.augment.augmenter import AugmentConfig, Augmenter
+from bridge_torch.data.augment.ops import CONFIGURABLE_OPS, kernel_ops
 from bridge_torch.data.datasets import open_split
 from bridge_torch.data.sampler import SamplerConfig, TrainingData, TransitionSampler
 from bridge_torch.data.sources.legacy_numpy import save_out_npy
@@ -171,7 +172,7 @@ def measure_breakdown(args: argparse.Namespace) -> list[dict]:
     paths = {"C kernel": functools.partial(c_kernel, allow_avx512=True),
              "C kernel, portable": functools.partial(c_kernel, allow_avx512=False),
              "PyTorch compiled": pytorch_compiled}
-    default = list(AUGMENT_OPS)
+    default = list(CONFIGURABLE_OPS)
     orders = [default[:k] for k in range(len(default) + 1)] + [default[1:]]
     results = []
     for path, make_step in paths.items():

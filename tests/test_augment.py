@@ -8,6 +8,7 @@ import torch
 
 from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS, SALIENCY, SALIENCY_MASK
 from bridge_torch.data.augment import augmenter as augment
+from bridge_torch.data.augment import ops
 from bridge_torch.data.augment.augmenter import AugmentConfig, Augmenter
 from bridge_torch.data.augment.color import adjust_saturation, adjust_saturation_hue
 
@@ -39,7 +40,7 @@ def test_samples_get_independent_parameters():
         assert not torch.equal(out[0], out[i])
 
 
-@pytest.mark.parametrize("op", augment.AUGMENT_OPS)
+@pytest.mark.parametrize("op", ops.CONFIGURABLE_OPS)
 def test_each_op_varies_per_sample(op):
     image = random_images(1, 1).expand(6, 1, SIZE, SIZE, 3).contiguous()
     out = Augmenter(AugmentConfig(order=[op]), seed=1)(make_batch(image))[OBSERVATIONS][IMAGE]
@@ -88,8 +89,8 @@ def test_saliency_is_cropped_with_the_image():
 def test_crop_matches_tf_crop_and_resize():
     """Box corners map to pixel centres, bilinear (reference: TF crop_and_resize formula)."""
     image = torch.rand(1, 1, 5, 7) * 255
-    params = torch.zeros(1, augment.NUM_PARAMS)
-    params[0, [augment.TOP, augment.LEFT, augment.HEIGHT, augment.WIDTH]] = torch.tensor(
+    params = torch.zeros(1, ops.NUM_PARAMS)
+    params[0, [ops.TOP, ops.LEFT, ops.HEIGHT, ops.WIDTH]] = torch.tensor(
         [0.1, 0.25, 0.7, 0.6])
     out = augment._crop(image, params)[0, 0]
     src = image[0, 0].double().numpy()
@@ -152,9 +153,9 @@ def test_saturation_and_hue_match_colorsys():
 
 
 def test_saturation_then_hue_is_fused_and_order_respected():
-    assert augment._plan(["crop", "saturation", "hue"]) == ["crop", ("saturation_hue",)]
-    assert augment._plan(["hue", "contrast", "saturation"]) == [("hue", "contrast", "saturation")]
-    assert augment._plan(["brightness", "crop", "hue"]) == [("brightness",), "crop", ("hue",)]
+    assert ops.plan(["crop", "saturation", "hue"]) == ["crop", ("saturation_hue",)]
+    assert ops.plan(["hue", "contrast", "saturation"]) == [("hue", "contrast", "saturation")]
+    assert ops.plan(["brightness", "crop", "hue"]) == [("brightness",), "crop", ("hue",)]
     assert augment.kernel_ops(["hue", "saturation", "crop", "contrast"]) == [
         "saturation_hue", "crop", "contrast"]
 
@@ -162,12 +163,12 @@ def test_saturation_then_hue_is_fused_and_order_respected():
 def test_drawn_parameters_follow_the_config_and_the_seed():
     cfg = AugmentConfig(crop_scale=[0.5, 0.6], brightness=0.1, hue=0.05)
     params = Augmenter(cfg, seed=1).draw(4000)
-    assert params.shape == (4000, augment.NUM_PARAMS) and params.dtype == torch.float32
-    area = params[:, augment.HEIGHT] * params[:, augment.WIDTH]
+    assert params.shape == (4000, ops.NUM_PARAMS) and params.dtype == torch.float32
+    area = params[:, ops.HEIGHT] * params[:, ops.WIDTH]
     assert area.min() >= 0.5 - 1e-5 and area.max() <= 0.6 + 1e-5
-    assert (params[:, augment.TOP] + params[:, augment.HEIGHT] <= 1 + 1e-6).all()
-    assert params[:, augment.BRIGHTNESS].abs().max() <= 0.1
-    assert params[:, augment.HUE].abs().max() <= 0.05
+    assert (params[:, ops.TOP] + params[:, ops.HEIGHT] <= 1 + 1e-6).all()
+    assert params[:, ops.BRIGHTNESS].abs().max() <= 0.1
+    assert params[:, ops.HUE].abs().max() <= 0.05
     assert torch.equal(params, Augmenter(cfg, seed=1).draw(4000))
     assert not torch.equal(params, Augmenter(cfg, seed=2).draw(4000))
 

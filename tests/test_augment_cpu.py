@@ -9,18 +9,19 @@ import pytest
 import torch
 
 from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS
+from bridge_torch.data.augment import Augmenter
 from bridge_torch.data.augment import cpu_kernel as augment_cpu
-from bridge_torch.data.augment.augmenter import (
+from bridge_torch.data.augment.ops import (
     BRIGHTNESS,
     CONTRAST,
     HEIGHT,
     HUE,
     NUM_PARAMS,
+    OPS,
     SATURATION,
     TOP,
     WIDTH,
     AugmentConfig,
-    Augmenter,
 )
 
 # wider than the defaults, so clipping, saturation > 1 and large hue shifts all occur
@@ -165,7 +166,7 @@ def test_an_empty_batch_gives_an_empty_batch() -> None:
 
 def test_bad_inputs_are_refused_before_the_kernel_runs() -> None:
     kernel = augment_cpu.load_kernel()
-    assert augment_cpu.PARAMS_PER_IMAGE == NUM_PARAMS
+    assert augment_cpu.supported_ops(kernel) == set(OPS)  # the kernel runs the whole table
     images = torch.zeros((2, 8, 8, 3), dtype=torch.uint8)
     with pytest.raises(ValueError, match="uint8"):
         augment_cpu.augment(images.float(), torch.zeros(2, NUM_PARAMS),
@@ -173,3 +174,30 @@ def test_bad_inputs_are_refused_before_the_kernel_runs() -> None:
     with pytest.raises(ValueError, match="parameters"):
         augment_cpu.augment(images, torch.zeros(3, NUM_PARAMS),
                             augment_cpu.op_codes(["crop"]), kernel)
+
+
+def test_an_order_with_an_op_the_kernel_lacks_runs_through_the_pytorch_ops(
+        monkeypatch, caplog) -> None:
+    """The C kernel is an accelerated subset of the op table: without "hue" it is not used."""
+    lacking = frozenset(set(OPS) - {"hue", "saturation_hue"})
+    monkeypatch.setattr(augment_cpu, "supported_ops", lambda kernel: lacking)
+    calls = []
+    monkeypatch.setattr(augment_cpu, "augment", lambda images, *a, **k: calls.append(1) or images)
+    data = batch()
+    with caplog.at_level(logging.WARNING):
+        fallback = augmented(AugmentConfig(order=["crop", "hue"], **STRONG), data)
+    reference = augmented(AugmentConfig(order=["crop", "hue"], native_cpu=False, compile=False,
+                                        **STRONG), data)
+    assert calls == []  # the kernel never ran
+    assert "the C kernel does not implement hue" in caplog.text
+    for got, want in zip(fallback, reference, strict=True):
+        assert torch.equal(got, want)
+    augmented(AugmentConfig(order=["crop", "brightness"], **STRONG), data)
+    assert calls  # an order within its subset still goes through the kernel
+
+
+def test_the_kernel_reports_the_table_names_of_its_codes() -> None:
+    kernel = augment_cpu.load_kernel()
+    for op in OPS.values():
+        assert kernel.op_name(op.code).decode() == op.name
+    assert kernel.op_name(len(OPS)) is None and kernel.op_name(-1) is None

@@ -10,8 +10,9 @@ import torch
 from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS, SALIENCY, SALIENCY_MASK
 from bridge_torch.data.augment import augmenter as augment
 from bridge_torch.data.augment import triton_kernel as augment_cuda
-from bridge_torch.data.augment.augmenter import NUM_PARAMS, AugmentConfig, Augmenter
-from bridge_torch.data.augment.cpu_kernel import OP_CODES
+from bridge_torch.data.augment.augmenter import AugmentConfig, Augmenter
+from bridge_torch.data.augment.ops import NUM_PARAMS
+from bridge_torch.data.augment.triton_kernel import OP_CODES
 from helpers import NEEDS_TRITON_COMPILER, TRITON_DEVICES, compile_for_hopper
 from test_augment_cpu import ORDERS, STRONG, batch
 

@@ -31,8 +31,8 @@
 #define MULTIVERSION
 #endif
 
-/* Op codes (augment_cpu.py OP_CODES) and parameter columns (augment.py TOP ... HUE). */
-enum { OP_CROP, OP_BRIGHTNESS, OP_CONTRAST, OP_SATURATION, OP_HUE, OP_SATURATION_HUE };
+/* Op codes and parameter columns of the op table (ops.py OPS, TOP ... HUE). */
+enum { OP_CROP, OP_BRIGHTNESS, OP_CONTRAST, OP_SATURATION, OP_HUE, OP_SATURATION_HUE, NUM_OPS };
 enum { TOP, LEFT, HEIGHT, WIDTH, BRIGHTNESS, CONTRAST, SATURATION, HUE, NUM_PARAMS };
 
 #define PIXEL_MAX 255.0f
@@ -309,6 +309,15 @@ static void store_levels(const float *restrict pixels, uint8_t *restrict dst, in
     for (; t < count; ++t)
         for (int64_t ch = 0; ch < 3; ++ch)
             dst[3 * t + ch] = (uint8_t)nearbyintf(clip(pixels[ch * plane + t]));
+}
+
+/* The name of the op this kernel implements under ``code`` (NULL: none); cpu_kernel.py checks
+ * these against the op table when it loads the kernel. */
+const char *op_name(int32_t code) {
+    static const char *const names[NUM_OPS] = {
+        [OP_CROP] = "crop", [OP_BRIGHTNESS] = "brightness", [OP_CONTRAST] = "contrast",
+        [OP_SATURATION] = "saturation", [OP_HUE] = "hue", [OP_SATURATION_HUE] = "saturation_hue"};
+    return code >= 0 && code < NUM_OPS ? names[code] : 0;
 }
 
 /* images, out: (n, h, w, 3) uint8; params: (n, NUM_PARAMS) float32; ops: n_ops op codes;

@@ -20,10 +20,8 @@ PyTorch ops below in small chunks that stay in cache. On CUDA, through the PyTor
 
 import functools
 import logging
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,11 +29,16 @@ import torch.nn.functional as F
 from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS, SALIENCY, SALIENCY_MASK
 from bridge_torch.data.augment import cpu_kernel as augment_cpu
 from bridge_torch.data.augment import triton_kernel as augment_cuda
-from bridge_torch.data.augment.color import (
-    adjust_brightness,
-    adjust_contrast,
-    adjust_saturation,
-    adjust_saturation_hue,
+from bridge_torch.data.augment.ops import (
+    HEIGHT,
+    LEFT,
+    OPS,
+    TOP,
+    WIDTH,
+    AugmentConfig,
+    draw_parameters,
+    kernel_ops,
+    plan,
 )
 from bridge_torch.data.saliency_targets import minmax_normalize
 from bridge_torch.data.transfer import to_device
@@ -43,62 +46,7 @@ from bridge_torch.triton_support import kernels_run_on
 
 log = logging.getLogger(__name__)
 
-AUGMENT_OPS = ("crop", "brightness", "contrast", "saturation", "hue")
 CPU_CHUNK_BYTES = 3 << 20  # float32 working set per chunk on CPU (fits in L2/L3 cache)
-# Columns of the per-sample parameter table.
-TOP, LEFT, HEIGHT, WIDTH, BRIGHTNESS, CONTRAST, SATURATION, HUE = range(8)
-NUM_PARAMS = 8
-
-
-@dataclass
-class AugmentConfig:
-    """Image augmentation of training batches (JAX ``augment_kwargs``)."""
-
-    enabled: bool = True  # augment training batches (JAX augment=True); never validation
-    # ops applied in this order; an op not listed is not applied (JAX augment_order)
-    order: list[str] = field(default_factory=lambda: list(AUGMENT_OPS))
-    crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])  # crop area fraction
-    crop_ratio: list[float] = field(default_factory=lambda: [0.9, 1.1])  # crop w/h, log-uniform
-    brightness: float = 0.2  # additive delta ~ U[-d, d) in [0, 1] pixel units (JAX 0.2)
-    contrast: list[float] = field(default_factory=lambda: [0.8, 1.2])  # factor ~ U[lo, hi)
-    saturation: list[float] = field(default_factory=lambda: [0.8, 1.2])  # factor ~ U[lo, hi)
-    hue: float = 0.1  # hue shift ~ U[-d, d] in turns of the hue circle, d <= 0.5 (JAX 0.1)
-    augment_next_obs_goal_differently: bool = False  # goal draws its own parameters (JAX False)
-    # CPU batches through the C kernel of augment_cpu.c (compiled on first use; PyTorch ops if
-    # no C compiler is found): the same ops, one image at a time in cache, 3-5x faster
-    native_cpu: bool = True
-    # torch.compile the PyTorch path's colour ops and uint8 store (CUDA, or CPU without the
-    # native kernel); the first batch compiles (~10-30 s). None = on for CUDA batches (1.7x
-    # faster there), off on CPU
-    compile: Optional[bool] = None
-    # CUDA batches through one Triton kernel (augment_cuda.py) instead of the PyTorch ops: a
-    # launch for the observation frames and one for the goals. Off until measured on a GPU;
-    # PyTorch ops (one warning) without Triton
-    fused_cuda: bool = False
-
-    def __post_init__(self) -> None:
-        unknown = [op for op in self.order if op not in AUGMENT_OPS]
-        if unknown:
-            raise ValueError(f"augment order: unknown op(s) {unknown}; known: {AUGMENT_OPS}")
-        if len(set(self.order)) != len(self.order):
-            raise ValueError(f"augment order lists an op twice: {list(self.order)}")
-        _check_range("crop_scale", self.crop_scale, low=0.0, high=1.0, open_low=True)
-        _check_range("crop_ratio", self.crop_ratio, low=0.0, open_low=True)
-        _check_range("contrast", self.contrast, low=0.0)
-        _check_range("saturation", self.saturation, low=0.0)
-        if self.brightness < 0:
-            raise ValueError(f"brightness must be >= 0, got {self.brightness}")
-        if not 0.0 <= self.hue <= 0.5:
-            raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
-
-
-def _check_range(key: str, values: list[float], *, low: float, high: float = math.inf,
-                 open_low: bool = False) -> None:
-    ok = len(values) == 2 and values[0] <= values[1] <= high and \
-        (values[0] > low if open_low else values[0] >= low)
-    if not ok:
-        bound = f"{'(' if open_low else '['}{low}, {high}]"
-        raise ValueError(f"{key} must be [lo, hi] with lo <= hi within {bound}, got {values}")
 
 
 class Augmenter:
@@ -109,7 +57,7 @@ class Augmenter:
             seed: generator seed; under DDP pass ``seed + rank`` so ranks draw different crops.
         """
         self.cfg, self.seed = cfg, seed
-        self._plan = _plan(cfg.order)
+        self._plan = plan(cfg.order)
         self._ops = kernel_ops(cfg.order)
         self._op_codes = augment_cpu.op_codes(self._ops)
         self._compiled: tuple[Callable, Callable] | None = None  # built when first needed
@@ -153,11 +101,13 @@ class Augmenter:
         (``native_cpu``), Triton on CUDA (``fused_cuda``) - or None for the PyTorch ops."""
         if images.device.type == "cpu" and self.cfg.native_cpu:
             kernel = augment_cpu.load_kernel()
-            if kernel is not None:
+            if kernel is not None and _runs_all(augment_cpu.supported_ops(kernel), self._ops,
+                                                "the C kernel"):
                 return functools.partial(augment_cpu.augment, codes=self._op_codes,
                                          kernel=kernel)
         elif self.cfg.fused_cuda and kernels_run_on(images):
-            return functools.partial(augment_cuda.augment, ops=self._ops)
+            if _runs_all(augment_cuda.SUPPORTED_OPS, self._ops, "the Triton kernel"):
+                return functools.partial(augment_cuda.augment, ops=self._ops)
         elif self.cfg.fused_cuda and images.is_cuda:
             _warn_no_triton()
         return None
@@ -192,60 +142,29 @@ class Augmenter:
 
     def draw(self, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """Independent parameters per sample, as float32 (B, NUM_PARAMS) on ``device`` (columns
-        TOP ... HUE); advances the augmenter's generator.
-
-        All columns are drawn whatever the order, so the stream does not depend on the config.
-        """
-        cfg = self.cfg
-        u = torch.rand((batch_size, NUM_PARAMS), generator=self._generator, dtype=torch.float64)
-        scale = _lerp(cfg.crop_scale, u[:, 0])
-        ratio = torch.exp(_lerp([math.log(r) for r in cfg.crop_ratio], u[:, 1]))
-        height = torch.sqrt(scale / ratio).clamp(0.0, 1.0)
-        width = torch.sqrt(scale * ratio).clamp(0.0, 1.0)
-        params = torch.stack([
-            u[:, 2] * (1.0 - height),  # TOP ~ U[0, 1 - h)
-            u[:, 3] * (1.0 - width),  # LEFT ~ U[0, 1 - w)
-            height, width,
-            _lerp([-cfg.brightness, cfg.brightness], u[:, 4]),
-            _lerp(cfg.contrast, u[:, 5]),
-            _lerp(cfg.saturation, u[:, 6]),
-            _lerp([-cfg.hue, cfg.hue], u[:, 7]),
-        ], dim=1).to(torch.float32)
+        TOP ... HUE, ``ops.draw_parameters``); advances the augmenter's generator."""
+        params = draw_parameters(self.cfg, self._generator, batch_size)
         return to_device(params, torch.device(device))
+
+
+def _runs_all(supported: frozenset[str], ops: list[str], kernel: str) -> bool:
+    """Whether ``kernel`` implements every op of ``ops``; if not, say once which it lacks."""
+    missing = tuple(op for op in ops if op not in supported)
+    if missing:
+        _warn_missing_ops(kernel, missing)
+    return not missing
+
+
+@functools.cache
+def _warn_missing_ops(kernel: str, missing: tuple[str, ...]) -> None:
+    log.warning("%s does not implement %s: augmenting with PyTorch ops instead", kernel,
+                ", ".join(missing))
 
 
 @functools.cache
 def _warn_no_triton() -> None:
     log.warning("augment.fused_cuda needs triton, which is not installed; augmenting CUDA "
                 "batches with PyTorch ops instead")
-
-
-def _lerp(bounds: list[float], u: torch.Tensor) -> torch.Tensor:
-    return bounds[0] + (bounds[1] - bounds[0]) * u
-
-
-def kernel_ops(order: list[str]) -> list[str]:
-    """The op sequence the whole-augmentation kernels (C, Triton) run for ``order``: adjacent
-    saturation and hue fused into ``"saturation_hue"``."""
-    return [op for segment in _plan(order) for op in ([segment] if segment == "crop" else segment)]
-
-
-def _plan(order: list[str]) -> list[str | tuple[str, ...]]:
-    """Segments of the op sequence: ``"crop"``, or a run of colour ops to apply together.
-
-    Adjacent saturation and hue are fused into one HSV round trip (``"saturation_hue"``).
-    """
-    plan: list[str | tuple[str, ...]] = []
-    run: list[str] = []
-    for op in order:
-        if op == "crop":
-            plan += [tuple(run), "crop"] if run else ["crop"]
-            run = []
-        elif run and {run[-1], op} == {"saturation", "hue"}:
-            run[-1] = "saturation_hue"
-        else:
-            run.append(op)
-    return [*plan, tuple(run)] if run else plan
 
 
 def _augment(images: torch.Tensor, params: torch.Tensor, plan: list[str | tuple[str, ...]],
@@ -278,7 +197,7 @@ def _apply_colour(images: torch.Tensor, params: torch.Tensor,
                   ops: tuple[str, ...]) -> torch.Tensor:
     """A run of colour ops on float images (n, 3, H, W) in [0, 255]."""
     for op in ops:
-        images = _COLOUR_OPS[op](images, params)
+        images = OPS[op].apply(images, params)
     return images
 
 
@@ -330,12 +249,3 @@ def _crop(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     # A convex combination of pixels stays within [0, 255]: no clip needed after the crop.
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border",
                          align_corners=True)
-
-
-_COLOUR_OPS = {
-    "brightness": lambda x, p: adjust_brightness(x, p[:, BRIGHTNESS]),
-    "contrast": lambda x, p: adjust_contrast(x, p[:, CONTRAST]),
-    "saturation": lambda x, p: adjust_saturation(x, p[:, SATURATION]),
-    "hue": lambda x, p: adjust_saturation_hue(x, torch.ones_like(p[:, HUE]), p[:, HUE]),
-    "saturation_hue": lambda x, p: adjust_saturation_hue(x, p[:, SATURATION], p[:, HUE]),
-}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from bridge_torch.data.augment.ops import NUM_PARAMS, OPS
 from bridge_torch.data.datasets import cache_root
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,6 @@ SOURCE = Path(__file__).with_name("augment_cpu.c")
 # -fno-math-errno / -fno-trapping-math: no errno or FP-exception flags to keep, so floor and
 # rounding vectorise; results are unchanged (no -ffast-math)
 COMPILE_FLAGS = ["-O3", "-std=c11", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math"]
-# augment.py's op names -> the kernel's op codes (augment_cpu.c, enum OP_*)
-OP_CODES = {"crop": 0, "brightness": 1, "contrast": 2, "saturation": 3, "hue": 4,
-            "saturation_hue": 5}
-PARAMS_PER_IMAGE = 8  # augment.py's parameter columns TOP ... HUE (augment_cpu.c, NUM_PARAMS)
 
 
 @functools.cache
@@ -62,12 +59,31 @@ def load_kernel() -> ctypes.CDLL | None:
         return None
     kernel.augment.restype = ctypes.c_int
     kernel.augment.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4 + [ctypes.c_int32]
+    kernel.op_name.restype = ctypes.c_char_p
+    kernel.op_name.argtypes = [ctypes.c_int32]
     return kernel
 
 
+def supported_ops(kernel: ctypes.CDLL) -> frozenset[str]:
+    """The table's ops the kernel implements, checked code by code.
+
+    Raises:
+        RuntimeError: the kernel implements a code under another name than the table's.
+    """
+    supported = set()
+    for op in OPS.values():
+        name = kernel.op_name(op.code)
+        if name is not None and name.decode() != op.name:
+            raise RuntimeError(f"{SOURCE.name} implements op code {op.code} as {name.decode()!r}"
+                               f", the op table as {op.name!r}")
+        if name is not None:
+            supported.add(op.name)
+    return frozenset(supported)
+
+
 def op_codes(ops: list[str]) -> torch.Tensor:
-    """The kernel's int32 codes of augment.py's op names (``OP_CODES``), in order."""
-    return torch.tensor([OP_CODES[op] for op in ops], dtype=torch.int32)
+    """The int32 codes (op table) of ``ops``, in order."""
+    return torch.tensor([OPS[op].code for op in ops], dtype=torch.int32)
 
 
 def check_batch(images: torch.Tensor, params: torch.Tensor) -> None:
@@ -75,8 +91,8 @@ def check_batch(images: torch.Tensor, params: torch.Tensor) -> None:
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected uint8 (n, H, W, 3) images, got {images.dtype} "
                          f"{tuple(images.shape)}")
-    if params.shape != (images.shape[0], PARAMS_PER_IMAGE):
-        raise ValueError(f"expected ({images.shape[0]}, {PARAMS_PER_IMAGE}) parameters, got "
+    if params.shape != (images.shape[0], NUM_PARAMS):
+        raise ValueError(f"expected ({images.shape[0]}, {NUM_PARAMS}) parameters, got "
                          f"{tuple(params.shape)}")
 
 

@@ -13,7 +13,8 @@ image. Results equal the PyTorch ops' up to float rounding (at most one uint8 le
 
 import torch
 
-from bridge_torch.data.augment.cpu_kernel import OP_CODES, check_batch
+from bridge_torch.data.augment.cpu_kernel import check_batch
+from bridge_torch.data.augment.ops import OPS
 from bridge_torch.triton_support import tl, triton
 
 # pixels a program handles at a time, and its warps: 2 pixels per thread keep the kernel at 58
@@ -22,6 +23,13 @@ BLOCK_PIXELS = 512
 NUM_WARPS = 8
 CODE_BITS = 3  # a run of colour ops is one integer, 3 bits per op code (0: no op)
 MAX_RUN = 4  # colour ops a run can hold (_colour_run)
+# The table's ops this kernel implements; their codes must fit in CODE_BITS (checked below).
+SUPPORTED_OPS = frozenset({"crop", "brightness", "contrast", "saturation", "hue",
+                           "saturation_hue"})
+OP_CODES = {name: OPS[name].code for name in SUPPORTED_OPS}
+if max(OP_CODES.values()) >= 1 << CODE_BITS:
+    raise RuntimeError(f"op codes {OP_CODES} do not fit the Triton kernel's {CODE_BITS}-bit "
+                       "encoding: widen CODE_BITS")
 # contrast mean: none, over the (colour-adjusted) frame, or over the cropped image
 NO_CONTRAST, MEAN_OF_FRAME, MEAN_OF_CROP = 0, 1, 2
 
