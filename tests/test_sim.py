@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from bridge_torch.data.actions import relabel_actions
+from bridge_torch.data.store import open_store
 from bridge_torch.sim.actions import ACTION_SCALE_M, bridge_to_metaworld, metaworld_to_bridge
 from bridge_torch.sim.env import CameraConfig, Episode, import_metaworld
 from bridge_torch.train.config import compose_config
@@ -25,7 +26,7 @@ except ImportError as error:
     pytest.skip(f"sim extra not installed: {error}", allow_module_level=True)
 
 from bridge_torch.sim import cli
-from bridge_torch.sim.collect import recorded_camera, run_expert
+from bridge_torch.sim.collect import recorded_camera, run_expert, to_trajectory
 from bridge_torch.sim.env import SimEnv, expert_policy
 from bridge_torch.sim.training import sim_eval_settings
 
@@ -141,6 +142,25 @@ def test_collect_writes_a_converted_dataset(sim_data: Path) -> None:
         meta = json.loads((task_dir / "train" / "packed" / "meta.json").read_text())
         assert len(meta["language"]) == 3
         assert (task_dir / "val" / "packed" / "meta.json").is_file()
+
+
+def test_collected_frames_are_the_renderers_pixels(sim_data: Path) -> None:
+    """The collector writes stores directly: a stored frame is the rendered frame, resized like
+    every source's, with no JPEG round trip; proprio and actions are the demo's."""
+    task = TASKS[0]
+    env = SimEnv(task, 0, TEST_CAMERA)
+    try:
+        demo = run_expert(env, Episode(task, 0, 0))
+    finally:
+        env.close()
+    store = open_store(sim_data / "data" / "metaworld" / "sawyer" / task / "00" / "train" /
+                       "packed")
+    stored = store.trajectory(0)
+    expected = to_trajectory(demo, 32)
+    np.testing.assert_array_equal(stored.frames["images0"], expected.frames["images0"])
+    np.testing.assert_array_equal(stored.proprio, demo.proprio.astype(np.float32))
+    np.testing.assert_array_equal(stored.actions, demo.actions.astype(np.float32))
+    assert stored.language == ["reach"]
 
 
 def test_collect_records_its_camera(sim_data: Path, tmp_path: Path) -> None:

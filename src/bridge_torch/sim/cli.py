@@ -89,7 +89,6 @@ def _parser() -> argparse.ArgumentParser:
     collect.add_argument("--out", type=Path, required=True)
     collect.add_argument("--seed", type=int, default=0, help="first episode seed")
     collect.add_argument("--im_size", type=int, default=128, help="converted frame side")
-    collect.add_argument("--num_workers", type=int, default=1, help="converter processes")
     _add_camera(collect)
     evaluate = commands.add_parser("eval", help="closed-loop success of a trained run")
     evaluate.add_argument("run_dir", type=Path)
@@ -113,8 +112,7 @@ def _collect(args: argparse.Namespace) -> None:
     from bridge_torch.sim.collect import collect
 
     data = collect(list(args.tasks), args.episodes, args.out, val_episodes=args.val_episodes,
-                   seed=args.seed, camera=_camera(args), im_size=args.im_size,
-                   num_workers=args.num_workers)
+                   seed=args.seed, camera=_camera(args), im_size=args.im_size)
     print(f"data_path: {data}")
 
 

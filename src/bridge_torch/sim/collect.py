@@ -1,24 +1,32 @@
-"""Scripted-expert demonstrations on Meta-World, written as a BridgeData dataset.
+"""Scripted-expert demonstrations on Meta-World, written as a BridgeData dataset: a source.
 
 For each task, episodes ``(task, variation = i % 50, seed = seed + i // 50)`` are rolled out with
 Meta-World's expert until ``info["success"]``; only successful episodes are kept (failures are
-skipped and the next episode is tried), each written as a raw trajectory (``raw_writer``) under
-``<out>/raw/metaworld/sawyer/<task>/00/<date>/`` and listed with its identity in
-``<out>/episodes.json``. The tree is then converted by the normal converter into ``<out>/data``,
-with ``val_episodes`` of the ``episodes + val_episodes`` demonstrations per task in ``val``.
+skipped and the next episode is tried). Each becomes a ``store.Trajectory`` - the rendered
+frames resized as every source resizes (``squash_frame``), the end-effector target as proprio,
+Bridge actions, the task name as instruction - and goes straight into the packed stores of
+``<out>/data/metaworld/sawyer/<task>/00/{train,val}`` through the shared split writer: the first
+``episodes`` demonstrations of a task train, the next ``val_episodes`` validate. No image is
+compressed on the way, so training frames are the renderer's pixels, as evaluation's are. Every
+episode's identity is listed in ``<out>/episodes.json``.
 """
 
+import itertools
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from bridge_torch.atomic import write_text_atomic
-from bridge_torch.data.sources.convert import ConvertOptions, convert
+from bridge_torch.data.sources.bridge_raw import squash_frame
+from bridge_torch.data.sources.split_writer import write_splits
+from bridge_torch.data.store import Trajectory
 from bridge_torch.sim.actions import metaworld_to_bridge
 from bridge_torch.sim.env import (
     DEFAULT_CAMERA,
@@ -29,12 +37,9 @@ from bridge_torch.sim.env import (
     SimEnv,
     expert_policy,
 )
-from bridge_torch.sim.raw_writer import write_trajectory
 
 log = logging.getLogger(__name__)
-RAW_PREFIX = Path("metaworld", "sawyer")  # <lab>/<env> levels of the raw layout
-DATED_FOLDER = "2024-01-01_00-00-00"  # after the latency cutoff: no frame shift
-CONVERT_DEPTH = 5  # <lab>/<env>/<task>/<NN>/<date>
+TASK_PREFIX = Path("metaworld", "sawyer")  # <lab>/<env> levels above each task directory
 MAX_ATTEMPTS_FACTOR = 3  # give up on a task after this many episodes per demonstration wanted
 MANIFEST = "episodes.json"
 
@@ -73,17 +78,15 @@ def run_expert(env: SimEnv, episode: Episode, max_steps: int = MAX_EPISODE_STEPS
     return Demonstration(episode, np.stack(frames), np.stack(proprio), np.stack(actions), success)
 
 
-def collect_task(task: str, count: int, seed: int, raw_root: Path, camera: CameraConfig,
-                 progress: tqdm) -> list[dict]:
-    """Write ``count`` successful demonstrations of one task; returns their manifest entries."""
-    folder = raw_root / RAW_PREFIX / task / "00" / DATED_FOLDER / "raw" / "traj_group0"
-    folder.mkdir(parents=True, exist_ok=True)
-    kept: list[dict] = []
+def successful_demos(task: str, seed: int, camera: CameraConfig, wanted: int
+                     ) -> Iterator[Demonstration]:
+    """The task's successful expert demonstrations in episode order, ``wanted`` of them."""
     env: SimEnv | None = None
+    kept = 0
     try:
-        for index in range(count * MAX_ATTEMPTS_FACTOR):
-            if len(kept) == count:
-                break
+        for index in range(wanted * MAX_ATTEMPTS_FACTOR):
+            if kept == wanted:
+                return
             episode = episode_for(task, index, seed)
             if env is None or env.seed != episode.seed:  # one live renderer per process
                 if env is not None:
@@ -93,53 +96,73 @@ def collect_task(task: str, count: int, seed: int, raw_root: Path, camera: Camer
             if not demo.success:
                 log.info("%s: expert failed, skipped", episode)
                 continue
-            traj = folder / f"traj{len(kept)}"
-            write_trajectory(traj, demo.frames, demo.proprio, demo.actions,
-                             task.removesuffix("-v3").replace("-", " "))
-            kept.append({**asdict(episode), "steps": len(demo.actions),
-                         "trajectory": str(traj.relative_to(raw_root))})
-            progress.update(1)
+            kept += 1
+            yield demo
     finally:
         if env is not None:
             env.close()
-    if len(kept) < count:
-        raise RuntimeError(f"{task}: the expert succeeded in only {len(kept)} of "
-                           f"{count * MAX_ATTEMPTS_FACTOR} episodes, {count} were wanted")
+    if kept < wanted:
+        raise RuntimeError(f"{task}: the expert succeeded in only {kept} of "
+                           f"{wanted * MAX_ATTEMPTS_FACTOR} episodes, {wanted} were wanted")
+
+
+def to_trajectory(demo: Demonstration, im_size: int) -> Trajectory:
+    """A demonstration as the store holds it (frames resized like every other source's)."""
+    episode = demo.episode
+    frames = np.stack([squash_frame(Image.fromarray(f), im_size) for f in demo.frames])
+    return Trajectory(frames={"images0": frames}, proprio=demo.proprio.astype(np.float32),
+                      actions=demo.actions.astype(np.float32),
+                      language=[episode.task.removesuffix("-v3").replace("-", " ")],
+                      source=f"metaworld {episode.task} variation {episode.variation} "
+                             f"seed {episode.seed}")
+
+
+def collect_task(task: str, episodes: int, val_episodes: int, seed: int, task_dir: Path,
+                 camera: CameraConfig, im_size: int, progress: tqdm) -> list[dict]:
+    """Write one task's train and val stores; returns the manifest entries of its demos."""
+    kept: list[dict] = []
+    demos = successful_demos(task, seed, camera, episodes + val_episodes)
+
+    def split(count: int, name: str) -> Iterator[Trajectory]:
+        for demo in itertools.islice(demos, count):
+            kept.append({**asdict(demo.episode), "steps": len(demo.actions), "split": name})
+            progress.update(1)
+            yield to_trajectory(demo, im_size)
+
+    splits = {"train": split(episodes, "train")}
+    if val_episodes:
+        splits["val"] = split(val_episodes, "val")
+    source = {"kind": "Meta-World expert demonstrations", "collector": "bridge-torch-sim collect",
+              "task": task, "seed": seed, "camera": asdict(camera)}
+    write_splits(task_dir, splits, source=source)
     return kept
 
 
 def collect(tasks: list[str], episodes: int, out: Path, *, val_episodes: int = 5, seed: int = 0,
-            camera: CameraConfig = DEFAULT_CAMERA, im_size: int = 128, num_workers: int = 1,
+            camera: CameraConfig = DEFAULT_CAMERA, im_size: int = 128,
             progress: bool = True) -> Path:
-    """Collect demonstrations of every task and convert them; returns ``<out>/data``.
+    """Collect demonstrations of every task into packed stores; returns ``<out>/data``.
 
     Args:
         episodes: training demonstrations per task; ``val_episodes`` more go to the val split.
         seed: first seed of the episode sequence (keep evaluation seeds disjoint).
-        im_size: side of the converted training frames.
+        im_size: side of the stored training frames.
     """
     if episodes < 1 or val_episodes < 0:
         raise ValueError(f"need episodes >= 1 and val_episodes >= 0, got {episodes} and "
                          f"{val_episodes}")
-    raw_root, data_root = out / "raw", out / "data"
-    if raw_root.exists() and any(raw_root.iterdir()):
-        raise FileExistsError(f"{raw_root} is not empty; collect into a new --out directory")
+    data_root = out / "data"
+    if data_root.exists() and any(data_root.iterdir()):
+        raise FileExistsError(f"{data_root} is not empty; collect into a new --out directory")
     for task in tasks:  # unknown tasks and a missing extra fail before anything is written
         expert_policy(task)
-    total = episodes + val_episodes
     manifest: dict[str, list[dict]] = {}
-    with tqdm(total=total * len(tasks), desc="expert demos", disable=not progress) as bar:
+    total = (episodes + val_episodes) * len(tasks)
+    with tqdm(total=total, desc="expert demos", disable=not progress) as bar:
         for task in tasks:
-            manifest[task] = collect_task(task, total, seed, raw_root, camera, bar)
-    # int(n * p) train trajectories per dated folder (the converter's rule): p just above the
-    # wanted fraction so float rounding never drops one.
-    proportion = min(1.0, (episodes + 0.5) / total)
-    options = ConvertOptions(raw_root, data_root, depth=CONVERT_DEPTH, train_proportion=proportion,
-                             im_size=im_size, seed=seed, format="packed")
-    reports = convert(options, num_workers=num_workers, progress=progress)
-    failed = [r for r in reports if r.status != "converted"]
-    if failed:
-        raise RuntimeError(f"conversion of {out} failed: {failed}")
+            task_dir = data_root / TASK_PREFIX / task / "00"
+            manifest[task] = collect_task(task, episodes, val_episodes, seed, task_dir, camera,
+                                          im_size, bar)
     _write_json(out / MANIFEST, {"seed": seed, "camera": asdict(camera), "im_size": im_size,
                                  "episodes_per_task": episodes, "val_episodes": val_episodes,
                                  "tasks": manifest})
