@@ -11,6 +11,7 @@ predict-the-training-mean baseline (action 0 in normalised units).
 import argparse
 import json
 import logging
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from bridge_torch.data.actions import denormalize
 from bridge_torch.data.sampler import iterate_validation
 from bridge_torch.distributed import DistInfo
 from bridge_torch.plots import grid, line_plot
+from bridge_torch.port_compat import translate_eval_argv
 from bridge_torch.run_data import RunData, load_run_data
 from bridge_torch.validation import evaluate
 
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allow-stats-mismatch", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="write the metrics here")
     parser.add_argument("--plot", type=Path, default=None, help="PNG of predicted vs true actions")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(translate_eval_argv(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     checkpoint = int(args.checkpoint) if args.checkpoint and args.checkpoint.isdigit() \
         else args.checkpoint
