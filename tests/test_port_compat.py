@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra.errors import ConfigCompositionException
+from hydra.errors import ConfigCompositionException, OverrideParseException
 
 from bridge_torch import checkpoint
 from bridge_torch.config import TrainConfig, compose_config, load_config
@@ -317,6 +317,7 @@ def test_our_own_spellings_pass_unchanged(token):
     ("encoder_kwarg.arch=resnet18", ConfigCompositionException, "encoder_kwarg"),
     ("ddp.enable=true", ConfigCompositionException, "ddp.enable"),
     ("data.augment=yes", ConfigCompositionException, "data.augment"),
+    ("wandb.enabled=[0", OverrideParseException, "no viable alternative"),  # Hydra's own
     ("scheduler.type=warmup_cosin", ValueError, "'cosine' or 'constant'"),
     ("amp.dtype=bf61", ValueError, "amp.dtype must be one of"),
     # the port's keys with values it never had, or without an equivalent
