@@ -12,6 +12,7 @@ predict-the-training-mean baseline (action 0 in normalised units).
 import argparse
 import json
 import logging
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from bridge_torch.data.actions import denormalize
 from bridge_torch.data.sampler import iterate_validation
 from bridge_torch.deploy.restore import restore_agent
 from bridge_torch.plots import action_figure, loss_figure, save_png
+from bridge_torch.port_compat import translate_eval_argv
 from bridge_torch.train.distributed import DistInfo
 from bridge_torch.train.metrics_log import read_metrics
 from bridge_torch.train.run_data import RunData, load_run_data
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", type=Path, default=None, help="PNG of predicted vs true actions")
     parser.add_argument("--loss-plot", type=Path, default=None,
                         help="PNG of the run's loss curves, validation points and LR")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(translate_eval_argv(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     checkpoint = int(args.checkpoint) if args.checkpoint and args.checkpoint.isdigit() \
         else args.checkpoint

@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from bridge_torch.agents import AGENTS, agent_inputs, agent_spec
 from bridge_torch.data.augment import AugmentConfig
 from bridge_torch.data.sampler_config import SamplerConfig
+from bridge_torch.data.task_selection import check_tasks, task_patterns
 from bridge_torch.models.resnet import EncoderConfig
 from bridge_torch.models.saliency import SaliencyConfig
 
@@ -47,23 +48,31 @@ class BridgeDataConfig:
     exclude: list[str] = field(default_factory=list)
     # one weight per include entry, summing to 1; None = uniform over sub-datasets (JAX default)
     sample_weights: Optional[list[float]] = None
+    # task directory names (fnmatch patterns allowed), each found at any depth under data_path;
+    # when set, they form ONE sub-dataset in place of `include` (bridgedata.tasks=[a,b])
+    tasks: Optional[list[str]] = None
 
     def __post_init__(self) -> None:
         if not self.include or any(not patterns for patterns in self.include):
             raise ValueError(
                 f"bridgedata.include needs non-empty pattern lists, got {self.include}"
             )
+        check_tasks(self.tasks, self.include)
         if self.sample_weights is not None:
             weights = list(self.sample_weights)
-            if len(weights) != len(self.include):
+            if len(weights) != len(self.sub_datasets()):
                 raise ValueError(
-                    f"bridgedata.sample_weights has {len(weights)} entries but include has "
-                    f"{len(self.include)} sub-datasets"
+                    f"bridgedata.sample_weights has {len(weights)} entries but there are "
+                    f"{len(self.sub_datasets())} sub-datasets"
                 )
             if any(w < 0 for w in weights) or abs(sum(weights) - 1.0) > 1e-6:
                 raise ValueError(
                     f"bridgedata.sample_weights must be >= 0 and sum to 1, got {weights}"
                 )
+
+    def sub_datasets(self) -> list[list[str]]:
+        """The glob patterns of each sub-dataset: ``tasks`` when set, else ``include``."""
+        return task_patterns(self.tasks) if self.tasks is not None else self.include
 
 
 @dataclass

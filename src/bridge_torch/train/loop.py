@@ -14,6 +14,7 @@ model_summary.json, metrics.jsonl and ckpt_<step>.pt; its path is the last line 
 """
 
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from bridge_torch import port_compat
 from bridge_torch.agents import build_agent, count_parameters
 from bridge_torch.batch import ACTIONS
 from bridge_torch.data.augment.augmenter import Augmenter
@@ -249,6 +251,7 @@ def hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     """Console entry point (``bridge-torch-train``): register the schema, hand over to Hydra."""
     register_configs()
+    sys.argv[1:] = port_compat.translate_train_argv(sys.argv[1:])  # the earlier port's spellings
     hydra_main()
 
 

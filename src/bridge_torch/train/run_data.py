@@ -34,7 +34,8 @@ def load_run_data(config: TrainConfig, device: torch.device, stats: dict | None 
     Args:
         stats: statistics to normalise with (a resumed run's); None = compute from the train split.
     """
-    selection = (Path(config.data_path), config.bridgedata.include, config.bridgedata.exclude)
+    bridgedata = config.bridgedata
+    selection = (Path(config.data_path), bridgedata.sub_datasets(), bridgedata.exclude)
     train_stores = open_sub_datasets(*selection, split="train")
     if stats is None:
         stats = training_statistics(train_stores, relabel_actions=config.data.relabel_actions)

@@ -1,0 +1,1 @@
+"""Module paths the earlier PyTorch port documented, kept so its commands run unchanged."""
