@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bridge_torch.agents import AGENTS
 from bridge_torch.data.store import Trajectory, write_store
 
 
@@ -122,7 +123,7 @@ def agent_parser(description: str, precisions: Iterable[str]) -> argparse.Argume
     """The options every per-agent benchmark takes: device, agents, precisions, image, encoder."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--algos", nargs="+", default=["bc", "gc_bc", "gc_ddpm_bc"])
+    parser.add_argument("--algos", nargs="+", default=list(AGENTS))
     parser.add_argument("--precisions", nargs="+", default=None, choices=list(precisions),
                         help="default: fp32 and bf16 on CUDA; fp32 on CPU, where bf16 autocast "
                              "is emulated and many times slower without AMX")

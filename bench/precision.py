@@ -23,19 +23,19 @@ from pathlib import Path
 
 import torch
 
+from bridge_torch.agents import AGENTS
 from bridge_torch.demo import prepare_data
 from common import emit, environment
 
 PRECISIONS = {"fp32": ["amp.enabled=false"], "bf16": ["amp.enabled=true", "amp.dtype=bfloat16"],
               "fp16": ["amp.enabled=true", "amp.dtype=float16"]}
-VALIDATION_LOSS = {"bc": "validation/actor_loss", "gc_bc": "validation/actor_loss",
-                   "gc_ddpm_bc": "validation/ddpm_loss"}
+VALIDATION_LOSS = "validation/total_loss"  # every agent's training objective, saliency included
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--algos", nargs="+", default=["gc_bc", "gc_ddpm_bc"])
+    parser.add_argument("--algos", nargs="+", default=[a for a in AGENTS if a != "bc"])
     parser.add_argument("--precisions", nargs="+", default=["bf16"],
                         choices=[p for p in PRECISIONS if p != "fp32"],
                         help="compared against fp32, which always runs")
@@ -81,7 +81,7 @@ def summarise(algo: str, precision: str, run: dict, reference: dict) -> dict:
             "loss_last": round(sum(own[s] for s in steps[-fifth:]) / fifth, 5),
             "max_rel_diff_to_fp32": round(max(abs(own[s] - ref[s]) / max(abs(ref[s]), 1e-8)
                                               for s in steps), 4),
-            "val_loss": round(validation[VALIDATION_LOSS[algo]], 5),
+            "val_loss": round(validation[VALIDATION_LOSS], 5),
             "val_mse": round(validation["validation/mse"], 5),
             "wall_s": round(run["wall_s"], 1)}
 
