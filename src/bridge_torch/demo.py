@@ -108,7 +108,8 @@ def loss_curves(run_dirs: dict[str, Path], path: Path) -> None:
     save_png(loss_figure(runs, title="demo runs on synthetic data"), path)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> CliParser:
+    """The options of ``bridge-torch-demo``."""
     parser = CliParser(prog="bridge-torch-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_path", "--out", type=Path, default=Path("demo_output"),
                         metavar="DIR", help="everything goes here (default demo_output)")
@@ -118,11 +119,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--algos", nargs="+", default=list(ALGOS), choices=ALGOS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--allow-worse", action="store_true", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    """``bridge-torch-demo``: the whole flow; user errors end it with one ``error:`` line."""
+    args = build_parser().parse_args(argv)
     with user_errors("bridge-torch-demo", debug=debug_requested(args)):
         run_demo(args)
 

@@ -119,8 +119,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``bridge-torch-eval``: print the metrics table; say where every written file went."""
+def build_parser() -> CliParser:
+    """The options of ``bridge-torch-eval``."""
     parser = CliParser(prog="bridge-torch-eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--checkpoint", default=None, help="step or path; default: latest")
@@ -136,6 +136,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", type=Path, default=None, help="PNG of predicted vs true actions")
     parser.add_argument("--loss-plot", type=Path, default=None,
                         help="PNG of the run's loss curves, validation points and LR")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``bridge-torch-eval``: print the metrics table; say where every written file went."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.run_dir.is_dir():
         parser.error(f"run directory {args.run_dir} does not exist")

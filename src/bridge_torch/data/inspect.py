@@ -377,8 +377,8 @@ def _resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(frame).resize((width, height), Image.Resampling.LANCZOS))
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``bridge-torch-inspect``: print the summary (and write the preview)."""
+def build_parser() -> CliParser:
+    """The options of ``bridge-torch-inspect``."""
     parser = CliParser(prog="bridge-torch-inspect", description=__doc__.split("\n")[0],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", type=Path, help="raw tree, out.npy tree/file or packed store(s)")
@@ -387,6 +387,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preview-trajectories", type=int, default=4, help="rows in the grid")
     parser.add_argument("--no-augment", action="store_true", help="leave augmented rows out")
     parser.add_argument("--seed", type=int, default=0, help="augmentation seed of the preview")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``bridge-torch-inspect``: print the summary (and write the preview)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.preview_trajectories < 1:
         parser.error("--preview-trajectories must be >= 1")

@@ -334,8 +334,8 @@ def generate_raw_dataset(out_dir: Path, *, seed: int, num_tasks: int = 2,
     return out_dir
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``bridge-torch-synthetic``: write a synthetic raw tree."""
+def build_parser() -> CliParser:
+    """The options of ``bridge-torch-synthetic``."""
     parser = CliParser(prog="bridge-torch-synthetic", description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--output_path", "--out", "--out_dir", type=Path, required=True, metavar="DIR",
@@ -354,6 +354,12 @@ def main(argv: list[str] | None = None) -> int:
     add("--depth_images", action="store_true", help="write depth_images0/")
     add("--dates_before_cutoff", type=int, default=0,
         help="dated folders per task before 2021-07-23 (latency-shifted on conversion)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``bridge-torch-synthetic``: write a synthetic raw tree."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     out = args.output_path
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
