@@ -7,8 +7,13 @@ frames, 240x320 JPEGs (one camera), lang.txt and saliency_map.pkl; convert it wi
 --train_proportion 0.8 --seed 0``, i.e. ``<root>/synthetic_lab/tabletop/<task>/00/{train,val}/
 {out.npy, packed/}`` with 8 train and 2 val trajectories per task.
 Both fixtures are session-scoped: treat them as read-only (copy before modifying).
+
+CPU threads: the suite and every training process it starts use ``BRIDGE_TORCH_THREADS``
+threads, 1 unless set: a fixed count keeps runs that are compared with each other on the same
+count, and one thread per process does not collapse when the machine is busy (cpu_threads.py).
 """
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,8 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from bridge_torch.cpu_threads import ENV_VAR, configure_cpu_threads
 from bridge_torch.data.sources.convert import ConvertOptions, convert
 from bridge_torch.data.sources.synthetic import generate_raw_dataset
+
+os.environ.setdefault(ENV_VAR, "1")  # inherited by the CLI subprocesses the tests start
+configure_cpu_threads("cpu")
 
 FIXTURE_IM_SIZE = 32  # side of the converted frames of ``converted_tree``
 

@@ -9,7 +9,6 @@ predict-the-training-mean baseline (action 0 in normalised units).
         --loss-plot loss_curves.png
 """
 
-import argparse
 import json
 import logging
 import sys
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from bridge_torch.batch import ACTIONS, GOALS, OBSERVATIONS, action_name
+from bridge_torch.cli_errors import CliParser, debug_requested, user_errors
 from bridge_torch.data.actions import denormalize
 from bridge_torch.data.sampler import iterate_validation
 from bridge_torch.deploy.restore import restore_agent
@@ -65,6 +65,8 @@ def evaluate_run(run_dir: Path, *, checkpoint: Any = None, data_path: str | None
         data = load_run_data(config, torch.device(device), stats=restored.stats)
     if data.val is None:
         raise ValueError(f"{config.data_path}: no val split to evaluate on")
+    log.info("evaluating %s (step %d) on the val split of %s: %d transitions", restored.path.name,
+             restored.step, config.data_path, data.val.num_transitions)
     batch = batch_size or config.val_batch_size
 
     def batches() -> Any:
@@ -119,11 +121,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> CliParser:
+    """The options of ``bridge-torch-eval``."""
+    parser = CliParser(prog="bridge-torch-eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--checkpoint", default=None, help="step or path; default: latest")
-    parser.add_argument("--data_path", "--data-path", default=None,
+    parser.add_argument("--data_path", default=None,
                         help="evaluate on another copy of the data (default: the run's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch_size", type=int, default=None)
@@ -135,18 +138,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", type=Path, default=None, help="PNG of predicted vs true actions")
     parser.add_argument("--loss-plot", type=Path, default=None,
                         help="PNG of the run's loss curves, validation points and LR")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``bridge-torch-eval``: print the metrics table; say where every written file went."""
+    parser = build_parser()
     args = parser.parse_args(translate_eval_argv(sys.argv[1:] if argv is None else argv))
+    if not args.run_dir.is_dir():
+        parser.error(f"run directory {args.run_dir} does not exist")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    # its "training data: N stores" line is logged for the train AND the val split: said below
+    logging.getLogger("bridge_torch.data.training_data").setLevel(logging.WARNING)
     checkpoint = int(args.checkpoint) if args.checkpoint and args.checkpoint.isdigit() \
         else args.checkpoint
-    result = evaluate_run(args.run_dir, checkpoint=checkpoint, data_path=args.data_path,
-                          device=args.device, batch_size=args.batch_size,
-                          max_batches=args.max_batches,
-                          allow_stats_mismatch=args.allow_stats_mismatch,
-                          use_ema=args.use_ema, plot=args.plot, loss_plot=args.loss_plot)
+    with user_errors(parser.prog, debug=debug_requested(args)):
+        result = evaluate_run(args.run_dir, checkpoint=checkpoint, data_path=args.data_path,
+                              device=args.device, batch_size=args.batch_size,
+                              max_batches=args.max_batches,
+                              allow_stats_mismatch=args.allow_stats_mismatch,
+                              use_ema=args.use_ema, plot=args.plot, loss_plot=args.loss_plot)
+        if args.json is not None:
+            args.json.write_text(json.dumps(result, indent=2))
     print(format_table([result]))
-    if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2))
+    written = {"metrics": args.json, "action plot": args.plot, "loss plot": args.loss_plot}
+    for what, path in written.items():
+        if path is not None:
+            print(f"{what}: {path}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS
+from bridge_torch.cli_errors import CliParser, debug_requested, user_errors
 from bridge_torch.data.actions import compute_statistics, merge_statistics, relabel_actions
 from bridge_torch.data.augment.augmenter import AugmentConfig, Augmenter
 from bridge_torch.data.sources import legacy_numpy as legacy
@@ -376,30 +377,37 @@ def _resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(frame).resize((width, height), Image.Resampling.LANCZOS))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="bridge-torch-inspect", description=__doc__.split(
-        "\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> CliParser:
+    """The options of ``bridge-torch-inspect``."""
+    parser = CliParser(prog="bridge-torch-inspect", description=__doc__.split("\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", type=Path, help="raw tree, out.npy tree/file or packed store(s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--preview", type=Path, help="write a PNG grid of a few trajectories")
     parser.add_argument("--preview-trajectories", type=int, default=4, help="rows in the grid")
     parser.add_argument("--no-augment", action="store_true", help="leave augmented rows out")
     parser.add_argument("--seed", type=int, default=0, help="augmentation seed of the preview")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``bridge-torch-inspect``: print the summary (and write the preview)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.preview_trajectories < 1:
         parser.error("--preview-trajectories must be >= 1")
+    if not args.path.exists():
+        parser.error(f"{args.path} does not exist")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
+    with user_errors(parser.prog, debug=debug_requested(args)):
         summary, rows = summarize(args.path, preview_trajectories=args.preview_trajectories
                                   if args.preview else 0)
-    except ValueError as err:
-        parser.exit(2, f"bridge-torch-inspect: {err}\n")
-    print(json.dumps(summary) if args.json else format_summary(summary))
-    if args.preview:
-        write_preview(rows, args.preview, augment=not args.no_augment, seed=args.seed,
-                      title=f"{args.path}: {len(rows)} trajectories")
-        if not args.json:
-            print(f"preview: {args.preview}")
+        print(json.dumps(summary) if args.json else format_summary(summary))
+        if args.preview:
+            write_preview(rows, args.preview, augment=not args.no_augment, seed=args.seed,
+                          title=f"{args.path}: {len(rows)} trajectories")
+    if args.preview and not args.json:
+        print(f"preview: {args.preview}")
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ class BatchedPolicy:
         if len(images) != self.num_envs:
             raise ValueError(f"expected {self.num_envs} frames, got {len(images)}")
         if self.goal_conditioned and goal_images is None:
-            raise ValueError("this policy is goal-conditioned: pass goal_images")
+            raise ValueError("goal-conditioned: pass goal_image= (BatchedPolicy: goal_images=)")
         if self.uses_proprio and proprio is None:
             raise ValueError("this policy was trained with proprio: pass proprio")
         self._push_observation(images, proprio)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from bridge_torch.atomic import write_text_atomic
+from bridge_torch.cli_errors import CliParser, debug_requested, fail, user_errors
 from bridge_torch.sim.env import DEFAULT_CAMERA, CameraConfig
 
 
@@ -77,16 +78,18 @@ def _run_camera(run_dir: Path) -> CameraConfig:
     return camera
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> CliParser:
+    """The ``collect`` and ``eval`` sub-commands and their options."""
     from bridge_torch.sim.closed_loop import DEFAULT_EVAL_SEED, SimEvalSettings
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = CliParser(prog="bridge-torch-sim", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     collect = commands.add_parser("collect", help="expert demonstrations -> BridgeData dataset")
     collect.add_argument("--tasks", type=_tasks, required=True, help="e.g. reach-v3,push-v3")
     collect.add_argument("--episodes", type=int, required=True, help="train demos per task")
     collect.add_argument("--val_episodes", type=int, default=5, help="val demos per task")
-    collect.add_argument("--out", type=Path, required=True)
+    collect.add_argument("--output_path", "--out", type=Path, required=True, metavar="DIR",
+                         help="raw/, data/ and episodes.json go here")
     collect.add_argument("--seed", type=int, default=0, help="first episode seed")
     collect.add_argument("--im_size", type=int, default=128, help="converted frame side")
     _add_camera(collect)
@@ -102,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
                           help="GIFs per task")
     evaluate.add_argument("--checkpoint", default=None, help="step or path; default: latest")
     evaluate.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    evaluate.add_argument("--out", type=Path, default=None,
+    evaluate.add_argument("--output_path", "--out", type=Path, default=None, metavar="DIR",
                           help="report.json and GIFs (default <run_dir>/sim_eval)")
     _add_camera(evaluate, from_dataset=True)
     return parser
@@ -111,8 +114,9 @@ def _parser() -> argparse.ArgumentParser:
 def _collect(args: argparse.Namespace) -> None:
     from bridge_torch.sim.collect import collect
 
-    data = collect(list(args.tasks), args.episodes, args.out, val_episodes=args.val_episodes,
-                   seed=args.seed, camera=_camera(args), im_size=args.im_size)
+    data = collect(list(args.tasks), args.episodes, args.output_path,
+                   val_episodes=args.val_episodes, seed=args.seed, camera=_camera(args),
+                   im_size=args.im_size)
     print(f"data_path: {data}")
 
 
@@ -125,7 +129,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     policy = BatchedPolicy.from_run(args.run_dir, checkpoint, device=args.device)
     settings = SimEvalSettings(args.tasks, args.episodes, args.seed, args.max_steps,
                                _camera(args, _run_camera(args.run_dir)), args.videos)
-    out = args.out if args.out is not None else args.run_dir / "sim_eval"
+    out = args.output_path if args.output_path is not None else args.run_dir / "sim_eval"
     report = evaluate_policy(policy, settings, video_dir=out)
     report["run_dir"], report["checkpoint"] = str(args.run_dir), args.checkpoint
     out.mkdir(parents=True, exist_ok=True)
@@ -135,15 +139,20 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    """``bridge-torch-sim``: run the sub-command; user errors end it with one ``error:`` line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.command == "eval" and not args.run_dir.is_dir():
+        parser.error(f"run directory {args.run_dir} does not exist")
     try:
-        if args.command == "collect":
-            _collect(args)
-        else:
-            _evaluate(args)
+        with user_errors(parser.prog, debug=debug_requested(args)):
+            if args.command == "collect":
+                _collect(args)
+            else:
+                _evaluate(args)
     except ImportError as error:  # the sim extra is missing: say how to install it
-        raise SystemExit(f"bridge-torch-sim: {error}") from error
+        fail(parser.prog, error)
 
 
 if __name__ == "__main__":

@@ -160,13 +160,16 @@ def save_gif(path: Path, frames: list[np.ndarray]) -> None:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """Plain-text table: success rate and mean steps to success per task, then overall."""
-    header = f"{'task':<20} {'success':>9} {'rate':>6} {'steps':>7} {'expert':>7}"
-    lines = [header, "-" * len(header)]
-    rows = [*report["tasks"].items(), ("overall", report["overall"])]
-    for name, row in rows:
+    """Plain-text table: success rate and mean steps to success per task, then overall; every
+    column as wide as its longest entry (task names included)."""
+    header = ["task", "success", "rate", "steps", "expert"]
+    rows = [header]
+    for name, row in [*report["tasks"].items(), ("overall", report["overall"])]:
         steps = row["mean_steps_to_success"]
-        lines.append(f"{name:<20} {row['successes']:>4}/{row['episodes']:<4} "
-                     f"{row['success_rate']:>6.2f} {'-' if steps is None else f'{steps:.1f}':>7} "
-                     f"{row['mean_expert_steps']:>7.1f}")
+        rows.append([name, f"{row['successes']}/{row['episodes']}", f"{row['success_rate']:.2f}",
+                     "-" if steps is None else f"{steps:.1f}", f"{row['mean_expert_steps']:.1f}"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = [" ".join([r[0].ljust(widths[0]), *(r[i].rjust(widths[i]) for i in range(1, len(r)))])
+             for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)

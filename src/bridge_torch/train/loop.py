@@ -29,6 +29,14 @@ from tqdm import tqdm
 from bridge_torch import port_compat
 from bridge_torch.agents import build_agent, count_parameters
 from bridge_torch.batch import ACTIONS
+from bridge_torch.cli_errors import (
+    FAILURE_STATUS,
+    USAGE_STATUS,
+    carry_errors,
+    dataclass_keys,
+    run_hydra_app,
+)
+from bridge_torch.cpu_threads import configure_cpu_threads
 from bridge_torch.data.augment.augmenter import Augmenter
 from bridge_torch.data.sampler import TransitionSampler, iterate_validation
 from bridge_torch.sim.training import sim_eval_metrics, sim_eval_settings
@@ -242,17 +250,21 @@ def wrap_model(
 @hydra.main(version_base="1.3", config_path="pkg://bridge_torch.conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> None:
     """Hydra's job: validate the composed config, train, print the run directory last."""
-    config = resolve_config(cfg, list(HydraConfig.get().overrides.task))
-    run_dir = train(config)
+    with carry_errors(USAGE_STATUS):
+        config = resolve_config(cfg, list(HydraConfig.get().overrides.task))
+    configure_cpu_threads(config.device)
+    with carry_errors(FAILURE_STATUS):
+        run_dir = train(config)
     if distributed.read_env().is_main:
         print(f"run_dir: {run_dir}", flush=True)
 
 
 def main() -> None:
-    """Console entry point (``bridge-torch-train``): register the schema, hand over to Hydra."""
+    """Console entry point (``bridge-torch-train``): register the schema, hand over to Hydra;
+    a user error ends it with one ``error:`` line (``HYDRA_FULL_ERROR=1``: the traceback)."""
     register_configs()
     sys.argv[1:] = port_compat.translate_train_argv(sys.argv[1:])  # the earlier port's spellings
-    hydra_main()
+    run_hydra_app(hydra_main, "bridge-torch-train", dataclass_keys(TrainConfig))
 
 
 if __name__ == "__main__":

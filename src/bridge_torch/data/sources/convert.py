@@ -27,7 +27,6 @@ Usage::
     bridge-torch-convert --input_path raw/ --output_path data/ --depth 5 --format both
 """
 
-import argparse
 import contextlib
 import functools
 import hashlib
@@ -46,6 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bridge_torch.atomic import stale_temporaries
+from bridge_torch.cli_errors import CliParser, debug_requested, user_errors
 from bridge_torch.data.sources.bridge_raw import (
     CAMERA_DIR,
     SkipFolder,
@@ -380,18 +380,18 @@ def format_summary(reports: list[CollectionReport]) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bridge-torch-convert",
-                                     description=__doc__.split("\n\n")[0])
+def build_parser() -> CliParser:
+    """The options of ``bridge-torch-convert`` (also read by ``rlds_convert.run_cli``)."""
+    parser = CliParser(prog="bridge-torch-convert", description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--input_format", "--input-format", choices=("raw", "rlds"), default="raw",
+    add("--input_format", choices=("raw", "rlds"), default="raw",
         help="raw BridgeData tree, or a TFDS/RLDS directory such as bridge_dataset/1.0.0")
-    add("--input_path", "--input-path", type=Path, required=True, help="raw BridgeData root")
-    add("--output_path", "--output-path", type=Path, required=True)
+    add("--input_path", type=Path, required=True, metavar="DIR", help="raw BridgeData root")
+    add("--output_path", "--out", type=Path, required=True, metavar="DIR")
     add("--depth", type=int, default=5, help="directory levels from input_path to dated folders")
-    add("--train_proportion", "--train-proportion", type=float, default=0.9)
-    add("--num_workers", "--num-workers", type=int, default=8, help="<= 1: in-process")
-    add("--im_size", "--im-size", type=int, default=128)
+    add("--train_proportion", type=float, default=0.9)
+    add("--num_workers", type=int, default=8, help="<= 1: in-process")
+    add("--im_size", type=int, default=128)
     add("--overwrite", action="store_true", help="convert finished collections again")
     add("--saliency", action="store_true", help="attach saliency_map.pkl as obs 'saliency'")
     add("--seed", type=int, default=0, help="seed of the per-dated-folder train/val split")
@@ -400,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--cameras", nargs="+", default=["images0"], help="cameras kept in packed stores "
         "(space- or comma-separated)")
     add("--splits", nargs="+", help="rlds: TFDS splits to convert (default all; test -> val)")
-    add("--group_by", "--group-by", choices=("task",), help="rlds: one store per task directory")
+    add("--group_by", choices=("task",), help="rlds: one store per task directory")
     return parser
 
 
@@ -409,13 +409,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    if args.input_format == "rlds":
-        from bridge_torch.data.sources.rlds_convert import run_cli  # imports this module
+    # a missing input or a bad setting is a usage error (2); a failure while writing is not (1)
+    with user_errors(parser.prog, debug=debug_requested(args),
+                     usage=(ValueError, FileNotFoundError)):
+        if args.input_format == "rlds":
+            from bridge_torch.data.sources.rlds_convert import run_cli  # imports this module
 
-        return run_cli(args, parser)
-    if args.splits or args.group_by:
-        parser.error("--splits and --group_by apply to --input_format rlds only")
-    try:
+            return run_cli(args, parser)
+        if args.splits or args.group_by:
+            parser.error("--splits and --group_by apply to --input_format rlds only")
         options = ConvertOptions(
             args.input_path, args.output_path, depth=args.depth,
             train_proportion=args.train_proportion, im_size=args.im_size,
@@ -423,8 +425,6 @@ def main(argv: list[str] | None = None) -> int:
             cameras=tuple(c for arg in args.cameras for c in arg.split(",") if c),
             overwrite=args.overwrite)
         reports = convert(options, num_workers=args.num_workers)
-    except (FileNotFoundError, ValueError) as err:
-        parser.error(str(err))
     print(format_summary(reports))
     return 1 if any(r.status == FAILED for r in reports) else 0
 

@@ -18,11 +18,10 @@ indices), so the same arguments give byte-identical trees.
 
 Usage::
 
-    bridge-torch-synthetic --out_dir raw/ --seed 0 --num_tasks 2 --trajs_per_date 10
+    bridge-torch-synthetic --output_path raw/ --seed 0 --num_tasks 2 --trajs_per_date 10
     bridge-torch-convert --input_path raw/ --output_path data/ --im_size 64
 """
 
-import argparse
 import datetime as dt
 import json
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from bridge_torch.cli_errors import CliParser, debug_requested, user_errors
 from bridge_torch.data.sources.bridge_raw import (
     LANG_FILE,
     LATENCY_CUTOFF,
@@ -334,41 +334,46 @@ def generate_raw_dataset(out_dir: Path, *, seed: int, num_tasks: int = 2,
     return out_dir
 
 
+def build_parser() -> CliParser:
+    """The options of ``bridge-torch-synthetic``."""
+    parser = CliParser(prog="bridge-torch-synthetic", description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--output_path", "--out", "--out_dir", type=Path, required=True, metavar="DIR",
+        help="directory to create (or an empty one)")
+    add("--seed", type=int, default=0)
+    add("--num_tasks", type=int, default=2)
+    add("--dates_per_task", type=int, default=2)
+    add("--trajs_per_date", type=int, default=10)
+    add("--min_len", type=int, default=14, help="frames per trajectory, at least")
+    add("--max_len", type=int, default=22, help="frames per trajectory, at most")
+    add("--cameras", type=int, default=1)
+    add("--image_height", type=int, default=480)
+    add("--image_width", type=int, default=640)
+    add("--no_lang", action="store_true", help="write no lang.txt")
+    add("--saliency", action="store_true", help="write saliency_map.pkl")
+    add("--depth_images", action="store_true", help="write depth_images0/")
+    add("--dates_before_cutoff", type=int, default=0,
+        help="dated folders per task before 2021-07-23 (latency-shifted on conversion)")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """``bridge-torch-synthetic``: write a synthetic raw tree."""
-    parser = argparse.ArgumentParser(prog="bridge-torch-synthetic",
-                                     description=__doc__.split("\n\n")[0])
-    add = parser.add_argument
-    add("--out_dir", "--out-dir", "--output_path", "--output-path", type=Path, required=True)
-    add("--seed", type=int, default=0)
-    add("--num_tasks", "--num-tasks", type=int, default=2)
-    add("--dates_per_task", "--dates-per-task", type=int, default=2)
-    add("--trajs_per_date", "--trajs-per-date", type=int, default=10)
-    add("--min_len", "--min-len", type=int, default=14, help="frames per trajectory, at least")
-    add("--max_len", "--max-len", type=int, default=22, help="frames per trajectory, at most")
-    add("--cameras", type=int, default=1)
-    add("--image_height", "--image-height", type=int, default=480)
-    add("--image_width", "--image-width", type=int, default=640)
-    add("--no_lang", "--no-lang", action="store_true", help="write no lang.txt")
-    add("--saliency", action="store_true", help="write saliency_map.pkl")
-    add("--depth_images", "--depth-images", action="store_true", help="write depth_images0/")
-    add("--dates_before_cutoff", "--dates-before-cutoff", type=int, default=0,
-        help="dated folders per task before 2021-07-23 (latency-shifted on conversion)")
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.out_dir.exists() and any(args.out_dir.iterdir()):
-        parser.error(f"--out_dir {args.out_dir} exists and is not empty")
-    try:
+    out = args.output_path
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        parser.error(f"--output_path {out} exists and is not an empty directory")
+    with user_errors(parser.prog, debug=debug_requested(args), usage=(ValueError,)):
         generate_raw_dataset(
-            args.out_dir, seed=args.seed, num_tasks=args.num_tasks,
+            out, seed=args.seed, num_tasks=args.num_tasks,
             dates_per_task=args.dates_per_task, trajs_per_date=args.trajs_per_date,
             min_len=args.min_len, max_len=args.max_len, cameras=args.cameras,
             with_lang=not args.no_lang, with_saliency=args.saliency,
             with_depth=args.depth_images, image_hw=(args.image_height, args.image_width),
             dates_before_cutoff=args.dates_before_cutoff, progress=True)
-    except ValueError as err:
-        parser.error(str(err))
-    print(f"wrote a synthetic raw BridgeData tree to {args.out_dir} "
-          f"(convert with: bridge-torch-convert --input_path {args.out_dir} --depth 5 ...)")
+    print(f"wrote a synthetic raw BridgeData tree to {out} "
+          f"(convert with: bridge-torch-convert --input_path {out} --output_path data/)")
     return 0
 
 
