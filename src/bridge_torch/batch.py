@@ -53,3 +53,14 @@ class BatchInputs:
     goal_image: bool = False  # ``goals.image`` (goal-conditioned agents)
     proprio: bool = False  # ``observations.proprio`` is fed to the network
     saliency: bool = False  # ``observations.saliency`` / ``saliency_mask`` regulariser targets
+
+
+@dataclass(frozen=True)
+class AgentShapes:
+    """The data dimensions an agent is built for; saved in every checkpoint as a dict."""
+
+    action_dim: int  # A
+    proprio_dim: int  # P
+    obs_horizon: int  # K: frames per observation
+    act_pred_horizon: int  # T_act: actions predicted per sample
+    image_size: int  # side of the square training images, in pixels

@@ -12,7 +12,6 @@ the trainer seeds per rank; sampling and validation draw from the ``generator`` 
 so they are deterministic and independent of the training streams.
 """
 
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -25,6 +24,7 @@ from bridge_torch.batch import (
     OBSERVATIONS,
     SALIENCY,
     SALIENCY_MASK,
+    AgentShapes,
     BatchInputs,
     action_name,
 )
@@ -32,17 +32,6 @@ from bridge_torch.models.saliency import SaliencyConfig, predicted_mask, salienc
 
 Batch = dict[str, Any]
 Metrics = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class AgentShapes:
-    """The data dimensions an agent is built for; saved in every checkpoint as a dict."""
-
-    action_dim: int  # A
-    proprio_dim: int  # P
-    obs_horizon: int  # K: frames per observation
-    act_pred_horizon: int  # T_act: actions predicted per sample
-    image_size: int  # side of the square training images, in pixels
 
 
 def standard_normal(shape: tuple[int, ...], *, device: torch.device,

@@ -101,10 +101,8 @@ class BCAgent(Agent):
                  shapes: AgentShapes) -> None:
         super().__init__(model, saliency, shapes)
         self.cfg = model
-        self.encoder = ObservationEncoder(
-            model, encoder, goal_conditioned=self.goal_conditioned,
-            obs_horizon=shapes.obs_horizon, proprio_dim=shapes.proprio_dim,
-            image_size=shapes.image_size)
+        self.encoder = ObservationEncoder(model, encoder, shapes,
+                                          goal_conditioned=self.goal_conditioned)
         self.mlp = MLP(self.encoder.out_dim, model.hidden_dims, activate_final=True,
                        use_layer_norm=model.use_layer_norm, dropout_rate=model.dropout_rate)
         self.head = GaussianHead(self.mlp.out_dim, model, action_dim=shapes.action_dim,

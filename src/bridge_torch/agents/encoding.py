@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bridge_torch.batch import IMAGE, PROPRIO
+from bridge_torch.batch import IMAGE, PROPRIO, AgentShapes
 from bridge_torch.models.resnet import EncoderConfig, ResNetEncoder
 
 
@@ -29,8 +29,9 @@ class EncodingConfig:
 class ObservationEncoder(nn.Module):
     """(observations, goals) -> (features (B, D), current-frame feature map (B, C, h, w))."""
 
-    def __init__(self, cfg: EncodingConfig, encoder: EncoderConfig, *, goal_conditioned: bool,
-                 obs_horizon: int, proprio_dim: int, image_size: int) -> None:
+    def __init__(self, cfg: EncodingConfig, encoder: EncoderConfig, shapes: AgentShapes, *,
+                 goal_conditioned: bool) -> None:
+        obs_horizon, image_size = shapes.obs_horizon, shapes.image_size
         super().__init__()
         self.goal_conditioned, self.use_proprio = goal_conditioned, cfg.use_proprio
         self.early = goal_conditioned and cfg.early_goal_concat
@@ -43,7 +44,7 @@ class ObservationEncoder(nn.Module):
         if goal_conditioned and not self.early:
             self.out_dim += width
         if cfg.use_proprio:
-            self.out_dim += obs_horizon * proprio_dim
+            self.out_dim += obs_horizon * shapes.proprio_dim
 
     def forward(self, observations: dict[str, torch.Tensor],
                 goals: dict[str, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:

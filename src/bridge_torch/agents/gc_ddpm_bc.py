@@ -62,9 +62,8 @@ class GCDDPMBCAgent(Agent):
         super().__init__(model, saliency, shapes)
         self.cfg = model
         self.action_shape = (shapes.act_pred_horizon, shapes.action_dim)
-        self.encoder = ObservationEncoder(
-            model, encoder, goal_conditioned=True, obs_horizon=shapes.obs_horizon,
-            proprio_dim=shapes.proprio_dim, image_size=shapes.image_size)
+        self.encoder = ObservationEncoder(model, encoder, shapes,
+                                          goal_conditioned=self.goal_conditioned)
         self.score = ScoreNetwork(self.encoder.out_dim, shapes.act_pred_horizon * shapes.action_dim,
                                   time_dim=model.time_dim, num_blocks=model.num_blocks,
                                   width=model.score_width, dropout_rate=model.dropout_rate,
