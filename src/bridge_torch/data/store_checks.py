@@ -166,7 +166,8 @@ def verify_array(array: np.ndarray, stored: Any, *, file: Path, key: str,
         traj_start: first row of every trajectory, to name the trajectory of a bad row.
         locate: ``locate(trajectory) -> str``, how to name a trajectory (index and source).
     """
-    fresh = recompute_statistics(array)
+    with np.errstate(invalid="ignore", over="ignore"):  # a NaN/inf is reported below
+        fresh = recompute_statistics(array)
     if not np.all(np.isfinite(fresh["mean"])):
         row, column = _first_non_finite(array)
         traj = int(np.searchsorted(traj_start, row, side="right")) - 1
