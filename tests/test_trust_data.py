@@ -1,6 +1,5 @@
 """Trust at every boundary: data, statistics, run directories, checkpoints, Policy inputs/outputs
 and the converter refuse what would let a non-finite number or pickled code reach an action.
-
 Where code execution is the risk, the file carries a pickle payload that creates a marker file
 when unpickled; the tests assert the marker never appears.
 """
@@ -93,9 +92,8 @@ def test_non_finite_store_values_are_refused_naming_file_trajectory_and_column(
                                                 "traj_action_start.npy")), 9, side="right")) - 1
     with pytest.raises(ValueError) as info:
         open_store(store)
-    message = str(info.value)
-    assert message.startswith(f"{store / key}.npy: row 9 column 2 is ")
-    assert f"trajectory {traj} (" in message and "NaN or inf" in message
+    assert str(info.value).startswith(f"{store / key}.npy: row 9 column 2 is ")
+    assert f"trajectory {traj} (" in str(info.value) and "NaN or inf" in str(info.value)
 
 
 def edit_stats(store: Path, key: str, field: str, value: object) -> None:
@@ -217,7 +215,6 @@ def test_a_packed_store_is_not_replaced_from_a_newer_out_npy(converted_tree: Pat
 
 def test_a_fresh_run_still_packs_an_out_npy_without_packed_store(converted_tree: Path,
                                                                  tmp_path: Path) -> None:
-    """The README's promise (a converted out.npy trains as is) holds for fresh runs."""
     split = tmp_path / "d" / "t" / "train"
     split.mkdir(parents=True)
     shutil.copy(next(converted_tree.rglob("train/out.npy")), split / "out.npy")
@@ -358,8 +355,7 @@ def raw(tmp_path: Path) -> Path:
 
 
 def convert_raw(raw: Path, out: Path) -> list:
-    return convert(ConvertOptions(raw, out, im_size=16, train_proportion=1.0),
-                   num_workers=1, progress=False)
+    return convert(ConvertOptions(raw, out, im_size=16, train_proportion=1.0), num_workers=1)
 
 
 @pytest.mark.parametrize("where", ["file", "below a file"])
@@ -374,6 +370,7 @@ def test_output_path_that_is_a_file_is_one_clear_error(where: str, raw: Path,
 
 
 def break_traj(traj: Path, how: str) -> str:
+    """Damage one raw trajectory folder; returns the skip reason expected."""
     if how == "images0 missing":
         shutil.rmtree(traj / "images0")
         return raw_format.NO_IMAGES
@@ -399,5 +396,5 @@ def test_damaged_trajectory_is_skipped_counted_and_logged(how: str, raw: Path, t
         (report,) = convert_raw(raw, tmp_path / "out")
     assert report.skipped_trajectories == {reason: 1} and report.num_train == 2
     assert f"skipping {bad} ({reason}): " in caplog.text
-    (out_npy,) = (tmp_path / "out").rglob("out.npy")
+    (out_npy,) = (tmp_path / "out").rglob("out.npy")  # every written trajectory is readable
     assert all("images0" in traj["observations"][0] for traj in load_out_npy(out_npy))
