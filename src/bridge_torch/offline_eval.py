@@ -1,9 +1,11 @@
 """``bridge-torch-eval``: offline validation of a trained run.
 
 Loads the run's config and a checkpoint strictly (missing or unexpected keys are errors), checks
-that the dataset's statistics (recomputed over the train split as the trainer does) match the
-checkpoint's, runs the full deterministic validation pass and reports the metrics next to the
-predict-the-training-mean baseline (action 0 in normalised units).
+that the data has the checkpoint's image size, camera and dimensions and that the dataset's
+statistics (recomputed over the train split as the trainer does) match the checkpoint's, runs the
+full deterministic validation pass and reports the metrics next to the predict-the-training-mean
+baseline (action 0 in normalised units). The run's own data path came with the run directory:
+its out.npy files are unpickled only with ``--allow-pickle``.
 
     bridge-torch-eval runs/bridgedata_torch/gc_bc_... --json metrics.json --plot actions.png \
         --loss-plot loss_curves.png
@@ -26,9 +28,10 @@ from bridge_torch.data.sampler import iterate_validation
 from bridge_torch.deploy.restore import restore_agent
 from bridge_torch.plots import action_figure, loss_figure, save_png
 from bridge_torch.port_compat import translate_eval_argv
+from bridge_torch.train.config import TrainConfig
 from bridge_torch.train.distributed import DistInfo
 from bridge_torch.train.metrics_log import read_metrics
-from bridge_torch.train.run_data import RunData, load_run_data
+from bridge_torch.train.run_data import DataLayout, RunData, load_run_data
 from bridge_torch.train.validation import evaluate
 
 log = logging.getLogger(__name__)
@@ -45,24 +48,41 @@ def statistics_mismatch(saved: dict, fresh: dict, rtol: float = 1e-4) -> list[st
     return problems
 
 
+def evaluation_config(config: TrainConfig, data_path: str | None, *, allow_pickle: bool,
+                      allow_image_mismatch: bool) -> TrainConfig:
+    """The checkpoint's config with this command's data path and opt-ins (never the saved ones).
+
+    The run's own ``data_path`` comes from a possibly downloaded run directory, so its out.npy
+    files are unpickled only with ``--allow-pickle``; a ``--data_path`` the user names gets a
+    fresh training run's default (pack an out.npy that has no packed store yet).
+    """
+    data = replace(config.data, allow_image_mismatch=allow_image_mismatch,
+                   allow_pickle=True if allow_pickle else (None if data_path else False))
+    return replace(config, data=data, resume=None,
+                   data_path=str(data_path) if data_path else config.data_path)
+
+
 def evaluate_run(run_dir: Path, *, checkpoint: Any = None, data_path: str | None = None,
                  device: str = "cpu", batch_size: int | None = None,
                  max_batches: int | None = None, allow_stats_mismatch: bool = False,
+                 allow_image_mismatch: bool = False, allow_pickle: bool = False,
                  use_ema: bool = True, plot: Path | None = None,
                  loss_plot: Path | None = None) -> dict[str, Any]:
     """Validation metrics of a run's checkpoint on its val split (see module docstring)."""
     restored = restore_agent(run_dir, checkpoint, device=device, use_ema=use_ema)
-    config = restored.config
-    if data_path is not None:
-        config = replace(config, data_path=str(data_path))
-    data = load_run_data(config, torch.device(device))
+    config = evaluation_config(restored.config, data_path, allow_pickle=allow_pickle,
+                               allow_image_mismatch=allow_image_mismatch)
+    layout = DataLayout(restored.agent.shapes.image_size, config.data.camera,
+                        restored.agent.shapes.action_dim, restored.agent.shapes.proprio_dim,
+                        str(restored.path))
+    data = load_run_data(config, torch.device(device), expected=layout)
     mismatch = statistics_mismatch(restored.stats, data.stats)
     if mismatch and not allow_stats_mismatch:
         raise ValueError(f"{restored.path}: the dataset's statistics differ from the checkpoint's "
                          f"({', '.join(mismatch)}); is this the data the run was trained on? "
                          "Pass --allow-stats-mismatch to evaluate with the checkpoint's statistics")
     if mismatch:
-        data = load_run_data(config, torch.device(device), stats=restored.stats)
+        data = load_run_data(config, torch.device(device), stats=restored.stats, expected=layout)
     if data.val is None:
         raise ValueError(f"{config.data_path}: no val split to evaluate on")
     log.info("evaluating %s (step %d) on the val split of %s: %d transitions", restored.path.name,
@@ -134,6 +154,12 @@ def build_parser() -> CliParser:
     parser.add_argument("--no-ema", dest="use_ema", action="store_false",
                         help="evaluate the trained weights instead of the EMA")
     parser.add_argument("--allow-stats-mismatch", action="store_true")
+    parser.add_argument("--allow-image-mismatch", action="store_true",
+                        help="evaluate on data whose image size or camera differ from the "
+                        "checkpoint's")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="unpickle legacy out.npy files (pickle runs code; without "
+                        "--data_path they come from the run directory): only for data you trust")
     parser.add_argument("--json", type=Path, default=None, help="write the metrics here")
     parser.add_argument("--plot", type=Path, default=None, help="PNG of predicted vs true actions")
     parser.add_argument("--loss-plot", type=Path, default=None,
@@ -157,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
                               device=args.device, batch_size=args.batch_size,
                               max_batches=args.max_batches,
                               allow_stats_mismatch=args.allow_stats_mismatch,
+                              allow_image_mismatch=args.allow_image_mismatch,
+                              allow_pickle=args.allow_pickle,
                               use_ema=args.use_ema, plot=args.plot, loss_plot=args.loss_plot)
         if args.json is not None:
             args.json.write_text(json.dumps(result, indent=2))

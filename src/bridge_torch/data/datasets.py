@@ -14,6 +14,12 @@ records the source's size, mtime and sha256. Freshness check: when size and mtim
 record, the cache is reused without hashing (hashing a multi-GB file at every start would cost more
 than the training setup); when either differs the file is re-hashed, and a matching hash (a copied
 or touched file) keeps the cache and refreshes the record, anything else rebuilds it.
+
+Unpickling runs code, so it happens only as far as the caller allows (``allow_pickle``): True
+packs and re-packs as above; None (a fresh training run's default) packs only an out.npy that has
+no packed store yet and otherwise uses the packed store as it is, warning when out.npy is newer;
+False (the default for data paths read from a run directory) never unpickles.
+``$BRIDGE_TORCH_NO_PICKLE=1`` turns every setting into False.
 """
 
 import contextlib
@@ -27,6 +33,7 @@ from typing import Any
 
 from bridge_torch.data.actions import merge_statistics
 from bridge_torch.data.sources import legacy_numpy as legacy
+from bridge_torch.data.sources.pickle_guard import NO_PICKLE_ENV, PickleRefused, pickle_forbidden
 from bridge_torch.data.store import (
     META_FILE,
     PackedStore,
@@ -43,6 +50,7 @@ LEGACY_CAMERAS = ("images0",)  # the camera training reads; the cache holds only
 LEGACY_SOURCE_KEY = "legacy_out_npy"  # meta["source"] entry of a store packed from out.npy
 CACHE_ENV = "BRIDGE_TORCH_CACHE"
 HASH_CHUNK_BYTES = 8 << 20
+OPT_IN = "data.allow_pickle=true or --allow-pickle reads it if you trust it"
 log = logging.getLogger(__name__)
 
 
@@ -153,34 +161,40 @@ def _is_writable(directory: Path) -> bool:
     return os.access(directory, os.W_OK)
 
 
-def _fresh_cache(store_dir: Path, legacy_path: Path) -> PackedStore | None:
-    """The store at ``store_dir`` if it is an up-to-date packing of ``legacy_path``, else None."""
+def _existing_store(store_dir: Path, legacy_path: Path, allow_pickle: bool | None
+                    ) -> PackedStore | None:
+    """The store at ``store_dir``, or None when there is none (or it is unreadable and may be
+    re-packed from ``legacy_path``); an unreadable store that may not be replaced raises."""
     if not (store_dir / META_FILE).is_file():
         return None
     try:
-        store = open_store(store_dir)
+        return open_store(store_dir)
     except ValueError as err:
+        if allow_pickle is not True:
+            raise ValueError(f"{err} (not re-packed from {legacy_path}: that would unpickle "
+                             f"it; {OPT_IN})") from err
         log.warning("ignoring unreadable packed store %s: %s", store_dir, err)
         return None
+
+
+def _is_fresh(store: PackedStore, legacy_path: Path) -> bool:
+    """Whether ``store`` is up to date with ``legacy_path`` (see the module docstring)."""
     record = store.source.get(LEGACY_SOURCE_KEY)
     if record is None:  # written by the converter, not packed from out.npy
-        if (store_dir / META_FILE).stat().st_mtime_ns >= legacy_path.stat().st_mtime_ns:
-            return store
-        log.warning("%s is newer than %s: re-packing it", legacy_path, store_dir)
-        return None
+        return (store.path / META_FILE).stat().st_mtime_ns >= legacy_path.stat().st_mtime_ns
     now = file_fingerprint(legacy_path, with_hash=False)
     if (now["size"], now["mtime_ns"]) == (record.get("size"), record.get("mtime_ns")):
-        return store
+        return True
     if now["size"] != record.get("size"):
-        return None
+        return False
     now = file_fingerprint(legacy_path)
     if now["sha256"] != record.get("sha256"):
-        return None
+        return False
     meta = dict(store.meta, source={**store.source, LEGACY_SOURCE_KEY: now})
     # same content, new mtime: refresh the record so the next open skips the hash (best effort)
     with contextlib.suppress(OSError):
-        write_json_atomic(store_dir / META_FILE, meta)
-    return store
+        write_json_atomic(store.path / META_FILE, meta)
+    return True
 
 
 def _pack_legacy(legacy_path: Path, store_dir: Path, data_root: Path) -> PackedStore:
@@ -194,17 +208,22 @@ def _pack_legacy(legacy_path: Path, store_dir: Path, data_root: Path) -> PackedS
     return open_store(write_store(store_dir, trajectories, cameras=LEGACY_CAMERAS, source=source))
 
 
-def open_split(task_dir: Path, split: str, data_root: Path | None = None) -> PackedStore:
-    """Open one split of a task directory as a packed store, packing a legacy out.npy if needed.
+def open_split(task_dir: Path, split: str, data_root: Path | None = None, *,
+               allow_pickle: bool | None = True) -> PackedStore:
+    """Open one split of a task directory as a packed store, packing a legacy out.npy if allowed.
 
-    Prefers ``<task>/<split>/packed/``; an out.npy next to it is packed (into ``packed/`` or the
-    fallback cache) when no fresh packed store of it exists.
+    Prefers ``<task>/<split>/packed/`` (or the fallback cache); an out.npy next to it is packed
+    when no packed store of it exists, and re-packed when it is newer, as ``allow_pickle`` says.
 
     Args:
         data_root: the data path an out.npy must lie in (it is pickle); None = ``task_dir``.
+        allow_pickle: True: pack and re-pack out.npy as needed; None: only pack an out.npy that
+            has no packed store (an existing one is used, with a warning if out.npy is newer);
+            False: never unpickle. ``$BRIDGE_TORCH_NO_PICKLE`` makes it False.
     Raises:
-        ValueError: the split directory holds neither out.npy nor a packed store, or its out.npy
-            resolves to a file outside ``data_root``.
+        ValueError: the split directory holds neither out.npy nor a packed store, its out.npy
+            resolves to a file outside ``data_root``, or it would have to be unpickled and that
+            is not allowed (PickleRefused).
     """
     split_dir = Path(task_dir) / split
     legacy_path, packed_dir = split_dir / LEGACY_FILE, split_dir / PACKED_DIR
@@ -213,11 +232,24 @@ def open_split(task_dir: Path, split: str, data_root: Path | None = None) -> Pac
             return open_store(packed_dir)
         raise ValueError(f"task {task_dir} has no {split!r} split: expected {legacy_path} or "
                          f"{packed_dir / META_FILE}")
+    allow_pickle = False if pickle_forbidden() else allow_pickle
     fallback = cache_dir_for(legacy_path)
-    for candidate in (packed_dir, fallback):
-        store = _fresh_cache(candidate, legacy_path)
-        if store is not None:
+    stores = [s for c in (packed_dir, fallback) if (s := _existing_store(c, legacy_path,
+                                                                          allow_pickle))]
+    for store in stores:
+        if _is_fresh(store, legacy_path):
             return store
+    if stores and allow_pickle is not True:
+        log.warning("%s is newer than its packed store %s: using the packed store as it is "
+                    "(re-packing would unpickle out.npy; %s)", legacy_path, stores[0].path, OPT_IN)
+        return stores[0]
+    if allow_pickle is False:
+        why = f"{NO_PICKLE_ENV} forbids it" if pickle_forbidden() else \
+            f"unpickling is off here (the default when the data path comes from a run directory: " \
+            f"resume, or evaluation without --data_path); {OPT_IN}"
+        raise PickleRefused(f"refusing to unpickle {legacy_path}: out.npy is pickle, which can "
+                            f"run code, and it has no packed store to read instead; {why}; or "
+                            "convert the raw data with bridge-torch-convert --format packed")
     if _is_writable(split_dir):
         try:
             return _pack_legacy(legacy_path, packed_dir, data_root or task_dir)
@@ -227,18 +259,21 @@ def open_split(task_dir: Path, split: str, data_root: Path | None = None) -> Pac
 
 
 def open_sub_datasets(data_path: Path, include: list[list[str]], exclude: list[str],
-                      split: str = "train") -> list[list[PackedStore]]:
+                      split: str = "train", *, allow_pickle: bool | None = True
+                      ) -> list[list[PackedStore]]:
     """Open ``split`` of every selected task directory, grouped by sub-dataset.
 
     Task directories without ``split`` are skipped (logged); a sub-dataset left without stores
-    stays as an empty list so positions still line up with ``sample_weights``.
+    stays as an empty list so positions still line up with ``sample_weights``. ``allow_pickle``:
+    see :func:`open_split`.
     """
     groups = []
     for tasks in resolve_task_dirs(data_path, include, exclude):
         present = [task for task in tasks if has_split(task, split)]
         for task in sorted(set(tasks) - set(present)):
             log.info("task %s has no %s split: skipped", task, split)
-        groups.append([open_split(task, split, data_path) for task in present])
+        groups.append([open_split(task, split, data_path, allow_pickle=allow_pickle)
+                       for task in present])
     return groups
 
 

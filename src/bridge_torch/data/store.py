@@ -31,15 +31,17 @@ from tqdm import tqdm
 
 from bridge_torch.atomic import atomic_directory, write_text_atomic
 from bridge_torch.data.actions import compute_statistics, merge_statistics, relabel_actions
+from bridge_torch.data.store_checks import (
+    META_FILE,
+    SCHEMA_VERSION,
+    STATS_KEYS,
+    read_meta,
+    verify_array,
+)
 
-SCHEMA_VERSION = 1
-META_FILE = "meta.json"
 INDEX_ARRAYS = ("traj_frame_start", "traj_action_start", "traj_length", "traj_has_saliency")
-STATS_KEYS = ("actions", "actions_relabeled", "proprio")
 NPY_HEADER_BYTES = 256  # reserved .npy header size (a multiple of 64, as numpy aligns)
 SALIENCY_TOLERANCE = 1e-3  # resampling may overshoot [0, 1] by rounding; clipped when written
-REQUIRED_META = ("cameras", "image_size", "proprio_dim", "action_dim", "num_trajectories",
-                 "num_frames", "num_transitions", "has_saliency", "language", "stats")
 log = logging.getLogger(__name__)
 
 
@@ -286,7 +288,7 @@ class PackedStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.meta = _read_meta(self.path)
+        self.meta = read_meta(self.path)
         self.cameras: list[str] = list(self.meta["cameras"])
         self.image_size: tuple[int, int] = (int(self.meta["image_size"][0]),
                                             int(self.meta["image_size"][1]))
@@ -311,6 +313,7 @@ class PackedStore:
         self.source: dict[str, Any] = self.meta.get("source", {})
         self.stats: dict[str, Any] = self.meta["stats"]
         self._check_index()
+        self._check_values()
 
     @property
     def num_trajectories(self) -> int:
@@ -371,31 +374,20 @@ class PackedStore:
                 int(lengths.sum()) != self.num_transitions:
             problems.append(f"traj_action_start/traj_length do not cover "
                             f"{self.num_transitions} actions")
-        if len(self.language) != self.num_trajectories:
-            problems.append(f"meta language has {len(self.language)} entries")
         if problems:
             raise ValueError(f"packed store {self.path}: inconsistent index ({'; '.join(problems)};"
                              f" {self.num_trajectories} trajectories)")
 
+    def _check_values(self) -> None:
+        """Finite actions/proprio, and meta.json statistics that describe them (store_checks)."""
+        def locate(index: int) -> str:
+            return f"trajectory {index} ({self.trajectory_sources[index] or 'no source'})"
 
-def _read_meta(path: Path) -> dict[str, Any]:
-    file = path / META_FILE
-    if not file.is_file():
-        raise ValueError(f"{path} is not a packed store: {META_FILE} is missing")
-    try:
-        meta = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{file}: not valid JSON ({err})") from err
-    if not isinstance(meta, dict):
-        raise ValueError(f"{file}: expected a JSON object, found {type(meta).__name__}")
-    version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ValueError(f"{file}: schema_version {version!r} is not supported (this bridge-torch "
-                         f"reads version {SCHEMA_VERSION}); re-pack the data")
-    missing = [key for key in REQUIRED_META if key not in meta]
-    if missing:
-        raise ValueError(f"{file}: missing keys {missing}")
-    return meta
+        for key, starts in (("actions", self.traj_action_start),
+                            ("actions_relabeled", self.traj_action_start),
+                            ("proprio", self.traj_frame_start)):
+            verify_array(getattr(self, key), self.stats[key], file=self.path / f"{key}.npy",
+                         key=key, traj_start=np.asarray(starts), locate=locate)
 
 
 def open_store(path: Path) -> PackedStore:

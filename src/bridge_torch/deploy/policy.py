@@ -22,20 +22,26 @@ import torch
 from PIL import Image
 
 from bridge_torch.agents.base import Agent
-from bridge_torch.batch import IMAGE, PROPRIO
+from bridge_torch.batch import IMAGE, PROPRIO, action_name
 from bridge_torch.data.actions import denormalize, normalize
+from bridge_torch.data.store_checks import check_statistics
 from bridge_torch.deploy.graphed import GraphedSampler
 from bridge_torch.deploy.restore import restore_agent
 
 GRIPPER_THRESHOLD = 0.5  # a gripper value below this asks for "closed"
 
 
+class NonFiniteAction(RuntimeError):
+    """The network produced NaN/inf: no action is returned (a robot must never receive one)."""
+
+
 def resize_frame(image: np.ndarray, size: int) -> np.ndarray:
     """uint8 (H, W, 3) of any size -> uint8 (size, size, 3), LANCZOS, aspect ratio squashed."""
     image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"expected a uint8 (H, W, 3) camera frame, got {image.dtype} "
-                         f"{image.shape}")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3 or \
+            min(image.shape[:2]) < 1:
+        raise ValueError(f"expected a uint8 (H, W, 3) camera frame with H, W >= 1, got "
+                         f"{image.dtype} {image.shape}")
     if image.shape[:2] == (size, size):
         return image
     return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS))
@@ -75,6 +81,10 @@ class BatchedPolicy:
         self.graphed = (GraphedSampler(agent, argmax=argmax, generator=self.generator)
                         if cuda_graphs else None)
         self.goal_conditioned, self.uses_proprio = agent.inputs.goal_image, agent.inputs.proprio
+        self.action_dim, self.proprio_dim = agent.shapes.action_dim, agent.shapes.proprio_dim
+        fields = {"normal": ("mean", "std"), "bounds": ("min", "max"), "none": ()}[self.kind]
+        for key, dim in (("actions", self.action_dim), ("proprio", self.proprio_dim)):
+            check_statistics(stats.get(key), dim, f"policy stats.{key}", fields)
         self.reset()
 
     @classmethod
@@ -109,6 +119,10 @@ class BatchedPolicy:
             proprio: float (N, P) robot state, required when the agent uses proprio.
         Returns:
             float32 (N, A) actions in the robot's units (gripper exactly 0/1 with sticky gripper).
+        Raises:
+            ValueError: an empty or non-uint8 frame, or proprio that is not finite or not of the
+                trained dimension.
+            NonFiniteAction: the network produced NaN/inf (names the dimension).
         """
         if len(images) != self.num_envs:
             raise ValueError(f"expected {self.num_envs} frames, got {len(images)}")
@@ -116,6 +130,8 @@ class BatchedPolicy:
             raise ValueError("goal-conditioned: pass goal_image= (BatchedPolicy: goal_images=)")
         if self.uses_proprio and proprio is None:
             raise ValueError("this policy was trained with proprio: pass proprio")
+        if proprio is not None:
+            proprio = self._checked_proprio(proprio)
         self._push_observation(images, proprio)
         need = [i for i in range(self.num_envs) if self.chunks[i] is None
                 or self.chunk_step[i] >= min(self.act_exec_horizon, len(self.chunks[i]))]
@@ -125,11 +141,24 @@ class BatchedPolicy:
         self.chunk_step += 1
         return self._postprocess_gripper(actions.astype(np.float32))
 
+    def _checked_proprio(self, proprio: np.ndarray) -> np.ndarray:
+        """float32 (N, P) of the trained P, all finite; else an error naming env and dimension."""
+        state = np.asarray(proprio, dtype=np.float32)
+        if state.shape != (self.num_envs, self.proprio_dim):
+            raise ValueError(f"expected proprio of shape ({self.num_envs}, {self.proprio_dim}) "
+                             f"(the trained proprio_dim), got {state.shape}")
+        bad = np.argwhere(~np.isfinite(state))
+        if bad.size:
+            env, dim = bad[0]
+            raise ValueError(f"proprio of environment {env} has {state[env, dim]} in dimension "
+                             f"{dim}: the robot state must be finite")
+        return state
+
     def _push_observation(self, images: np.ndarray, proprio: Optional[np.ndarray]) -> None:
         frames = np.stack([resize_frame(im, self.image_size) for im in images])
         self.images = np.concatenate([self.images[:, 1:], frames[:, None]], axis=1)
         if proprio is not None:
-            state = normalize(np.asarray(proprio, np.float32), self.stats["proprio"], self.kind)
+            state = normalize(proprio, self.stats["proprio"], self.kind)
             state = state.astype(np.float32)
             if self.proprio is None:
                 self.proprio = np.repeat(state[:, None], self.obs_horizon, axis=1)
@@ -154,6 +183,13 @@ class BatchedPolicy:
             chunk = self.agent.sample_actions(observations, goals, argmax=self.argmax,
                                               generator=self.generator)
         chunk = denormalize(chunk.float().cpu().numpy(), self.stats["actions"], self.kind)
+        bad = np.argwhere(~np.isfinite(chunk))
+        if bad.size:
+            row, step, dim = bad[0]
+            raise NonFiniteAction(f"the policy predicted {chunk[row, step, dim]} for action "
+                                  f"dimension {dim} ({action_name(dim, chunk.shape[-1])}) of "
+                                  f"environment {envs[row]} (chunk step {step}); no action is "
+                                  "returned")
         for row, i in enumerate(envs):
             self.chunks[i], self.chunk_step[i] = chunk[row], 0
 

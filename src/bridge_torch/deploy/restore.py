@@ -15,6 +15,7 @@ import yaml
 from torch import nn
 
 from bridge_torch.agents import AgentShapes, build_agent
+from bridge_torch.data.store_checks import check_statistics
 from bridge_torch.train import checkpoint, runs
 from bridge_torch.train.config import TrainConfig, config_from_container
 
@@ -48,6 +49,18 @@ def _check_belongs_to_run(run_dir: Path, path: Path, state: dict) -> None:
                              f"trained on {run_action_dim}-dimensional actions (stats.json)")
 
 
+def _check_finite(path: Path, state: dict, weights_key: str) -> None:
+    """Statistics and weights are numbers a robot acts on: well formed and finite, or refused."""
+    shapes = state["agent_shapes"]
+    for key, dim in (("actions", shapes["action_dim"]), ("proprio", shapes["proprio_dim"])):
+        entry = state["stats"].get(key) if isinstance(state["stats"], dict) else None
+        check_statistics(entry, dim, f"{path} stats.{key}", ("mean", "std", "min", "max"))
+    for name, tensor in state[weights_key].items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{path} [{weights_key}]: {name} contains NaN or inf; these weights "
+                             "cannot drive a robot (a diverged run? try an earlier checkpoint)")
+
+
 def restore_agent(
     run_dir: str | Path,
     checkpoint_ref: str | Path | int | None = None,
@@ -64,8 +77,9 @@ def restore_agent(
         device: where the agent goes.
         use_ema: load the EMA weights when the run kept an EMA (else the trained weights).
     Raises:
-        ValueError: the checkpoint belongs to a run of another algo or action dimension, or its
-            weights do not fit the agent (names the keys).
+        ValueError: the checkpoint belongs to a run of another algo or action dimension, its
+            statistics are malformed or its weights or statistics hold NaN/inf, or its weights
+            do not fit the agent (names the keys).
     """
     run_dir = Path(run_dir)
     path = runs.resolve_checkpoint(run_dir, checkpoint_ref)
@@ -76,5 +90,6 @@ def restore_agent(
                         AgentShapes(**state["agent_shapes"]))
     weights_key = "ema" if use_ema and state["ema"] is not None else "model"
     checkpoint.load_module_state(agent, state[weights_key], source=f"{path} [{weights_key}]")
+    _check_finite(path, state, weights_key)
     agent.to(device).eval()
     return RestoredAgent(agent, config, state["stats"], int(state["step"]), path)

@@ -88,6 +88,12 @@ class DataConfig(SamplerConfig):
     load_saliency: Optional[bool] = None  # derived: saliency.enabled
     # what the original draws, per sample (docs/semantics.md, 'Augmentation')
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # unpickle legacy out.npy (pickle runs code; data/datasets.py): null = a fresh run packs an
+    # out.npy that has no packed store yet, resume never unpickles; true = also re-pack stale
+    # copies and unpickle on resume; false = never. Never inherited from a run's config.yaml.
+    allow_pickle: Optional[bool] = None
+    # resume on data whose image size or camera differ from the checkpoint's (never inherited)
+    allow_image_mismatch: bool = False
 
 
 @dataclass
@@ -386,6 +392,7 @@ def resolve_config(cfg: DictConfig, overrides: list[str]) -> TrainConfig:
     if not (run_dir / "config.yaml").is_file():
         raise ValueError(f"resume={cfg.resume}: no config.yaml in {run_dir}; not a run directory")
     saved = _read_saved(run_dir / "config.yaml")
+    saved.data.allow_pickle, saved.data.allow_image_mismatch = None, False  # opt-ins: per command
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
         if key in CONFIG_GROUPS:

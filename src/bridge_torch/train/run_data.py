@@ -4,6 +4,11 @@ Task directories come from ``bridgedata.include``/``exclude`` under ``data_path`
 statistics are merged over the train split only (and, on resume, taken from the checkpoint so a
 changed dataset cannot silently change the normalisation of a model mid-run). The val split is
 optional: task directories without one are skipped, and a run without any validates nothing.
+
+Data for a trained model (resume, evaluation) must have the layout the checkpoint was trained on:
+:func:`check_layout` refuses stores whose image size, camera, action or proprio dimension differ,
+so a 64² model is never silently evaluated on, or retrained at, 32². On resume, ``data_path`` comes
+from the run directory, so out.npy files are not unpickled unless the command opts in.
 """
 
 import logging
@@ -15,6 +20,9 @@ import torch
 from bridge_torch.agents import AgentShapes
 from bridge_torch.data.datasets import open_sub_datasets, training_statistics
 from bridge_torch.data.sampler import TrainingData
+from bridge_torch.data.store import PackedStore
+from bridge_torch.data.store_checks import check_statistics
+from bridge_torch.train import checkpoint, runs
 from bridge_torch.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -28,20 +36,96 @@ class RunData:
     agent_shapes: AgentShapes  # the dimensions the agent is built for (saved in checkpoints)
 
 
-def load_run_data(config: TrainConfig, device: torch.device, stats: dict | None = None) -> RunData:
+@dataclass(frozen=True)
+class DataLayout:
+    """What a trained model expects of its data (from a checkpoint)."""
+
+    image_size: int  # square frames of this side
+    camera: str  # the stored camera it observes
+    action_dim: int
+    proprio_dim: int
+    source: str  # the checkpoint, for messages
+
+    @classmethod
+    def of_checkpoint(cls, state: dict, source: str) -> "DataLayout":
+        shapes = state["agent_shapes"]
+        return cls(int(shapes["image_size"]), str(state["config"]["data"]["camera"]),
+                   int(shapes["action_dim"]), int(shapes["proprio_dim"]), source)
+
+
+def check_layout(expected: DataLayout, stores: list[PackedStore], camera: str, *,
+                 allow_image_mismatch: bool, escape: str) -> None:
+    """Refuse stores that do not fit a trained model (used by resume and evaluation).
+
+    Image size and camera may differ when ``allow_image_mismatch`` (logged; ``escape`` is the
+    option that says so, named in the error); action and proprio dimensions never may: the
+    network's output and the statistics have the checkpoint's.
+    """
+    for store in stores:
+        found = {"image size": list(store.image_size), "camera": camera,
+                 "action_dim": store.actions.shape[1], "proprio_dim": store.proprio.shape[1]}
+        wanted = {"image size": [expected.image_size] * 2, "camera": expected.camera,
+                  "action_dim": expected.action_dim, "proprio_dim": expected.proprio_dim}
+        differ = [f"{key} {found[key]} (trained on {wanted[key]})" for key in wanted
+                  if found[key] != wanted[key]]
+        if not differ:
+            continue
+        what = f"{store.path} does not match {expected.source}: {', '.join(differ)}"
+        if any(key in d for d in differ for key in ("action_dim", "proprio_dim")):
+            raise ValueError(f"{what}; the network and its statistics have the checkpoint's "
+                             "dimensions, so this data cannot be used with it")
+        if not allow_image_mismatch:
+            raise ValueError(f"{what}; is this the data the model was trained on? Pass {escape} "
+                             "to use it anyway")
+        log.warning("%s; using it anyway (%s)", what, escape)
+
+
+def _resume_layout(config: TrainConfig) -> DataLayout | None:
+    """The layout of the checkpoint a resumed run continues from (None for a fresh run)."""
+    if config.resume is None:
+        return None
+    path = runs.latest_checkpoint(Path(config.resume))
+    if path is None:
+        return None
+    return DataLayout.of_checkpoint(checkpoint.load(path), str(path))
+
+
+def _check_given_stats(stats: dict, store: PackedStore, source: str) -> None:
+    """Statistics from a checkpoint are input too: well formed, finite, of the data's dims."""
+    for key, dim in (("actions", store.actions.shape[1]), ("proprio", store.proprio.shape[1])):
+        entry = stats.get(key) if isinstance(stats, dict) else None
+        check_statistics(entry, dim, f"{source} stats.{key}", ("mean", "std", "min", "max"))
+
+
+def load_run_data(config: TrainConfig, device: torch.device, stats: dict | None = None,
+                  expected: DataLayout | None = None) -> RunData:
     """Open the train (and val) stores of the selected task directories on ``device``.
 
     Args:
         stats: statistics to normalise with (a resumed run's); None = compute from the train split.
+        expected: the layout a trained model needs (evaluation); on resume it is read from the
+            run's latest checkpoint.
     """
+    expected = expected or _resume_layout(config)
+    allow_pickle = False if config.resume is not None and config.data.allow_pickle is None \
+        else config.data.allow_pickle
+    escape = "--allow-image-mismatch" if config.resume is None else \
+        "data.allow_image_mismatch=true"
     bridgedata = config.bridgedata
     selection = (Path(config.data_path), bridgedata.sub_datasets(), bridgedata.exclude)
-    train_stores = open_sub_datasets(*selection, split="train")
+    train_stores = open_sub_datasets(*selection, split="train", allow_pickle=allow_pickle)
+    val_stores = [group for group in open_sub_datasets(*selection, split="val",
+                                                       allow_pickle=allow_pickle) if group]
+    if expected is not None:
+        check_layout(expected, [s for group in train_stores + val_stores for s in group],
+                     config.data.camera, allow_image_mismatch=config.data.allow_image_mismatch,
+                     escape=escape)
     if stats is None:
         stats = training_statistics(train_stores, relabel_actions=config.data.relabel_actions)
+    else:
+        _check_given_stats(stats, train_stores[0][0], expected.source if expected else "given")
     train = TrainingData.from_stores(train_stores, stats, config.data, device)
     # sub-datasets only weight training draws: validation keeps every task that has a val split
-    val_stores = [group for group in open_sub_datasets(*selection, split="val") if group]
     val = TrainingData.from_stores(val_stores, stats, config.data, device) if val_stores else None
     if val is None:
         log.warning("no task directory under %s has a val split: validation is skipped",

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from bridge_torch.data.sources.pickle_guard import refuse_if_forbidden
+
 log = logging.getLogger(__name__)
 CAMERA_DIR = re.compile(r"^images(\d+)$")  # depth_images*, images0_saliency.gif, ... never match
 FRAME_FILE = re.compile(r"^im_(\d+)\.jpg$")
@@ -35,6 +37,7 @@ STATE_DIM = 7  # full_state: x, y, z, roll, pitch, yaw, gripper
 ACTION_DIM = 7  # dx, dy, dz, droll, dpitch, dyaw, gripper target
 OBS_FILE, POLICY_FILE, LANG_FILE = "obs_dict.pkl", "policy_out.pkl", "lang.txt"
 SALIENCY_FILE = "saliency_map.pkl"
+MAIN_CAMERA = "images0"  # every trajectory needs it: training and out.npy readers use it
 SALIENCY_TOLERANCE = 1e-3  # producer maps are min-max normalised; allow rounding outside [0, 1]
 
 # Summary keys of skipped trajectories.
@@ -47,6 +50,7 @@ BAD_LANGUAGE = "unreadable lang.txt"
 LENGTH_MISMATCH = "inconsistent lengths"
 NON_FINITE = "NaN or inf values"
 TOO_SHORT = "fewer than 2 frames"
+BROKEN_LINK = "symlink loop or dangling link"
 # Summary keys of skipped dated folders.
 NOT_DATED = "not a YYYY-MM-DD_HH-MM-SS folder"
 LMDB_PATH = "lmdb path"
@@ -95,9 +99,27 @@ def find_collections(input_path: Path, depth: int) -> list[Path]:
     return sorted(Path(p) for p in glob.glob(pattern) if os.path.isdir(p))
 
 
+def _broken_link(path: Path) -> bool:
+    """A symlink that resolves to nothing: dangling, or a loop (``exists`` is False for both)."""
+    return path.is_symlink() and not path.exists()
+
+
 def trajectory_dirs(dated_folder: Path) -> list[Path]:
-    """``raw/traj_group*/traj*`` directories of a dated folder, sorted by path."""
-    return sorted(p for p in dated_folder.glob("raw/traj_group*/traj*") if p.is_dir())
+    """``raw/traj_group*/traj*`` directories of a dated folder, sorted by path; broken links
+    are kept so that reading them is a logged, counted skip rather than a silent omission."""
+    return sorted(p for p in dated_folder.glob("raw/traj_group*/traj*")
+                  if p.is_dir() or _broken_link(p))
+
+
+def check_links(traj_dir: Path) -> None:
+    """A trajectory folder that is, or holds, a symlink loop or dangling link is damaged."""
+    if _broken_link(traj_dir):
+        raise SkipTrajectory(BROKEN_LINK, f"{traj_dir} is a symlink that resolves to nothing "
+                             "(a loop or a missing target)")
+    broken = sorted(p.name for p in traj_dir.iterdir() if _broken_link(p))
+    if broken:
+        raise SkipTrajectory(BROKEN_LINK, f"{traj_dir} holds symlinks that resolve to nothing "
+                             f"(loops or missing targets): {broken}")
 
 
 def read_dated_folder(folder: Path, relative: str) -> tuple[dt.datetime, list[Path]]:
@@ -138,12 +160,16 @@ def count_frames(traj_dir: Path) -> dict[str, int]:
     Returns:
         ``{camera name: T}`` in camera order.
     Raises:
-        SkipTrajectory: no camera, an empty first camera, gaps, or a camera with another count.
+        SkipTrajectory: no camera, no images0, an empty first camera, gaps, or a camera with
+            another count.
     """
     cameras = camera_dirs(traj_dir)
     if not cameras:
         raise SkipTrajectory(NO_IMAGES, f"expected an images<N>/ directory in {traj_dir}, "
                              f"found {sorted(p.name for p in traj_dir.iterdir())}")
+    if cameras[0].name != MAIN_CAMERA:
+        raise SkipTrajectory(NO_IMAGES, f"expected {traj_dir / MAIN_CAMERA}/ (the camera "
+                             f"training reads), found only {[c.name for c in cameras]}")
     expected = _frame_indices(cameras[0])
     if not expected:
         raise SkipTrajectory(NO_IMAGES, f"expected im_<t>.jpg frames in {cameras[0]}, found none")
@@ -182,7 +208,13 @@ def squash_frame(image: Image.Image, im_size: int) -> np.ndarray:
 
 
 def load_pickle(path: Path) -> Any:
-    """Unpickle one raw file (pickle is the raw format); failures become SkipTrajectory."""
+    """Unpickle one raw file (pickle is the raw format); failures become SkipTrajectory.
+
+    Raises:
+        PickleRefused: ``$BRIDGE_TORCH_NO_PICKLE`` forbids unpickling (not a skip: no raw
+            trajectory can be read then).
+    """
+    refuse_if_forbidden(path)
     try:
         with open(path, "rb") as file:
             return pickle.load(file)
@@ -302,6 +334,7 @@ def read_trajectory(traj_dir: Path, *, im_size: int, latency_shift: bool,
     Raises:
         SkipTrajectory: the trajectory cannot be converted (reason and detail say why).
     """
+    check_links(traj_dir)
     for name in (OBS_FILE, POLICY_FILE):
         if not (traj_dir / name).is_file():
             raise SkipTrajectory(MISSING_PICKLE, f"expected {traj_dir / name}, not found")

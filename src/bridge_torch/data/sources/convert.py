@@ -30,10 +30,8 @@ Usage::
 import contextlib
 import functools
 import hashlib
-import json
 import logging
 import multiprocessing
-import shutil
 import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -44,7 +42,6 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from bridge_torch.atomic import stale_temporaries
 from bridge_torch.cli_errors import CliParser, debug_requested, user_errors
 from bridge_torch.data.sources.bridge_raw import (
     CAMERA_DIR,
@@ -55,13 +52,22 @@ from bridge_torch.data.sources.bridge_raw import (
     read_dated_folder,
     read_trajectory,
 )
+from bridge_torch.data.sources.convert_output import (
+    DONE_MARKER,
+    OUT_FILE,
+    PACKED_DIR,
+    SPLITS,
+    check_output_path,
+    is_finished,
+    prune_empty,
+    remove_stale,
+)
 from bridge_torch.data.sources.legacy_numpy import out_dict_to_trajectory, save_out_npy
+from bridge_torch.data.sources.pickle_guard import NO_PICKLE_ENV, PickleRefused, pickle_forbidden
 from bridge_torch.data.store import write_json_atomic, write_store
 
 log = logging.getLogger(__name__)
 FORMATS = ("numpy", "packed", "both")
-SPLITS = ("train", "val")
-OUT_FILE, PACKED_DIR, DONE_MARKER = "out.npy", "packed", "conversion.json"
 LOG_FORMAT = "%(levelname)s %(processName)s %(name)s: %(message)s"
 # statuses of a collection
 CONVERTED, ALREADY_DONE, EMPTY, FAILED = "converted", "already converted", "no output", "failed"
@@ -221,66 +227,19 @@ def _write_splits(out_dir: Path, splits: dict[str, list[tuple[Path, dict]]],
     return written
 
 
-def _remove_stale(out_dir: Path, written: dict[str, set[str]]) -> None:
-    """Remove our outputs this run did not write (old splits/formats, temporaries left by dead
-    writers), empty dirs."""
-    for split in SPLITS:
-        split_dir = out_dir / split
-        if not split_dir.is_dir():
-            continue
-        stale = set(stale_temporaries(split_dir))
-        for entry in split_dir.iterdir():
-            ours = entry.name in (OUT_FILE, PACKED_DIR) or entry in stale
-            if ours and entry.name not in written.get(split, set()):
-                log.info("removing stale %s", entry)
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-
-
-def _prune_empty(out_dir: Path) -> None:
-    """Remove empty split directories and an empty collection output directory."""
-    for directory in [out_dir / split for split in SPLITS] + [out_dir]:
-        if directory.is_dir() and not any(directory.iterdir()):
-            directory.rmdir()
-
-
-def _is_finished(out_dir: Path, options: ConvertOptions) -> bool:
-    """Whether to keep an earlier conversion (its marker exists and no --overwrite)."""
-    marker = out_dir / DONE_MARKER
-    if options.overwrite or not marker.is_file():
-        if marker.is_file():
-            marker.unlink()  # an interrupted --overwrite must not look finished
-        elif out_dir.exists():
-            log.warning("%s has no %s: an earlier run did not finish; converting again",
-                        out_dir, DONE_MARKER)
-        return False
-    try:
-        settings = json.loads(marker.read_text())["settings"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        log.warning("unreadable %s (%s): converting again", marker, err)
-        return False
-    differs = {k: (settings.get(k), v) for k, v in options.settings().items()
-               if settings.get(k) != v}
-    if differs:
-        log.warning("%s was converted with other settings (old, new): %s; keeping it (pass "
-                    "--overwrite to convert again)", out_dir, differs)
-    else:
-        log.info("%s is already converted; skipping (pass --overwrite to redo)", out_dir)
-    return True
-
-
 def convert_collection(collection: Path, options: ConvertOptions) -> CollectionReport:
     """Convert one collection directory; never raises (errors are logged and reported)."""
     out_dir = Path(options.output_path) / relative_output(collection, options.depth)
     report = CollectionReport(str(collection), str(out_dir))
     try:
-        if _is_finished(out_dir, options):
+        if is_finished(out_dir, options):
             report.status = ALREADY_DONE
             return report
         splits = _read_collection(collection, options, report)
         report.num_train, report.num_val = len(splits["train"]), len(splits["val"])
         written = _write_splits(out_dir, splits, options)
-        _remove_stale(out_dir, written)
-        _prune_empty(out_dir)
+        remove_stale(out_dir, written)
+        prune_empty(out_dir)
         if not written:
             log.warning("%s: no usable trajectories; nothing written", collection)
             report.status = EMPTY
@@ -298,7 +257,7 @@ def convert_collection(collection: Path, options: ConvertOptions) -> CollectionR
         log.exception("failed to convert %s", collection)
         report.status, report.error = FAILED, f"{type(err).__name__}: {err}"
         with contextlib.suppress(OSError):
-            _prune_empty(out_dir)
+            prune_empty(out_dir)
     return report
 
 
@@ -308,10 +267,15 @@ def convert(options: ConvertOptions, *, num_workers: int = 8,
 
     Raises:
         FileNotFoundError: input_path is not a directory.
-        ValueError: no collection directory at ``depth - 1`` levels below it.
+        ValueError: no collection directory at ``depth - 1`` levels below it, an output path
+            that cannot be a directory, or ``$BRIDGE_TORCH_NO_PICKLE`` set (PickleRefused).
     """
     if not Path(options.input_path).is_dir():
         raise FileNotFoundError(f"input_path {options.input_path} is not a directory")
+    check_output_path(options.output_path)
+    if pickle_forbidden():
+        raise PickleRefused(f"{NO_PICKLE_ENV} is set: the raw format's obs_dict.pkl and "
+                            "policy_out.pkl are pickles, which bridge-torch then never reads")
     collections = find_collections(options.input_path, options.depth)
     if not collections:
         raise ValueError(f"no collection directories {options.depth - 1} levels below "

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from bridge_torch.atomic import write_atomic
+from bridge_torch.data.sources.pickle_guard import refuse_if_forbidden
 from bridge_torch.data.store import Trajectory
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,13 @@ def load_out_npy(path: Path, *, data_root: Path | None = None) -> list[dict[str,
     Returns:
         The list of trajectory dicts.
     Raises:
+        PickleRefused: ``$BRIDGE_TORCH_NO_PICKLE`` forbids unpickling.
         ValueError: a file outside ``data_root``, an unreadable file, not a 1-D object array, or
             a malformed trajectory (the message names the file, the trajectory index and what
             was expected vs found).
     """
     path = Path(path)
+    refuse_if_forbidden(path)
     root = Path(data_root).expanduser().resolve() if data_root is not None else None
     if root is not None and not path.resolve().is_relative_to(root):
         raise ValueError(f"refusing to unpickle {path}: it resolves to {path.resolve()}, outside "

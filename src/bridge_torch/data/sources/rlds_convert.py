@@ -31,12 +31,12 @@ from typing import Any
 from tqdm import tqdm
 
 from bridge_torch.data.sources import rlds
-from bridge_torch.data.sources.convert import (
+from bridge_torch.data.sources.convert import LOG_FORMAT, _reason_lines
+from bridge_torch.data.sources.convert_output import (
     DONE_MARKER,
-    LOG_FORMAT,
     PACKED_DIR,
-    _is_finished,
-    _reason_lines,
+    check_output_path,
+    is_finished,
 )
 from bridge_torch.data.sources.tfds import Shard, TfdsDataset, open_tfds
 from bridge_torch.data.sources.tfrecord import TFRecordError
@@ -306,9 +306,10 @@ def convert_rlds(options: RldsOptions, *, num_workers: int = 8,
     """
     dataset, variant, cameras, splits = _plan(options)
     output = Path(options.output_path)
+    check_output_path(output)
     report = RldsReport(f"{dataset.name} {dataset.version}", variant.name)
     old_stores = _previous_stores(output)
-    if (output / DONE_MARKER).is_file() and _is_finished(output, options):
+    if (output / DONE_MARKER).is_file() and is_finished(output, options):
         shutil.rmtree(output / WORK_DIR, ignore_errors=True)
         report.status, report.stores = "already converted", old_stores
         return report
