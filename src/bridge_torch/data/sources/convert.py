@@ -54,12 +54,14 @@ from bridge_torch.data.sources.bridge_raw import (
 )
 from bridge_torch.data.sources.convert_output import (
     DONE_MARKER,
+    LOG_FORMAT,
     OUT_FILE,
     PACKED_DIR,
     SPLITS,
     check_output_path,
     is_finished,
     prune_empty,
+    reason_lines,
     remove_stale,
 )
 from bridge_torch.data.sources.legacy_numpy import out_dict_to_trajectory, save_out_npy
@@ -68,7 +70,6 @@ from bridge_torch.data.store import write_json_atomic, write_store
 
 log = logging.getLogger(__name__)
 FORMATS = ("numpy", "packed", "both")
-LOG_FORMAT = "%(levelname)s %(processName)s %(name)s: %(message)s"
 # statuses of a collection
 CONVERTED, ALREADY_DONE, EMPTY, FAILED = "converted", "already converted", "no output", "failed"
 # summary keys of skips found here (raw.py has those of the raw format)
@@ -316,11 +317,6 @@ def _result(future, collection: Path, options: ConvertOptions) -> CollectionRepo
                                 error=f"{type(err).__name__}: {err}")
 
 
-def _reason_lines(counts: Counter, examples: dict[str, str]) -> list[str]:
-    return [f"  {n:6d}  {reason}  (e.g. {examples[reason]})" for reason, n in
-            sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
-
-
 def format_summary(reports: list[CollectionReport]) -> str:
     """Human-readable totals: collections by status, trajectories per split, skips per reason."""
     statuses = Counter(r.status for r in reports)
@@ -334,9 +330,9 @@ def format_summary(reports: list[CollectionReport]) -> str:
              f"trajectories written: train {sum(r.num_train for r in reports)}, "
              f"val {sum(r.num_val for r in reports)}",
              f"skipped trajectories: {sum(skipped_trajs.values())}",
-             *_reason_lines(skipped_trajs, examples),
+             *reason_lines(skipped_trajs, examples),
              f"skipped folders: {sum(skipped_folders.values())}",
-             *_reason_lines(skipped_folders, examples)]
+             *reason_lines(skipped_folders, examples)]
     without = sum(r.without_saliency for r in reports)
     if without:
         lines.append(f"kept without saliency (unusable saliency_map.pkl): {without}")

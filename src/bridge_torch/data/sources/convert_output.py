@@ -9,14 +9,16 @@ import json
 import logging
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from bridge_torch.atomic import stale_temporaries
+from bridge_torch.data.sources.split_writer import PACKED_DIR, SPLITS
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "val")
-OUT_FILE, PACKED_DIR, DONE_MARKER = "out.npy", "packed", "conversion.json"
+OUT_FILE, DONE_MARKER = "out.npy", "conversion.json"
+LOG_FORMAT = "%(levelname)s %(processName)s %(name)s: %(message)s"  # converters' workers
 
 
 def check_output_path(path: Path) -> None:
@@ -78,3 +80,9 @@ def is_finished(out_dir: Path, options: Any) -> bool:
     else:
         log.info("%s is already converted; skipping (pass --overwrite to redo)", out_dir)
     return True
+
+
+def reason_lines(counts: Counter, examples: dict[str, str]) -> list[str]:
+    """Summary lines of skips, most frequent reason first, each with one example."""
+    return [f"  {n:6d}  {reason}  (e.g. {examples[reason]})" for reason, n in
+            sorted(counts.items(), key=lambda item: (-item[1], item[0]))]

@@ -31,12 +31,13 @@ from typing import Any
 from tqdm import tqdm
 
 from bridge_torch.data.sources import rlds
-from bridge_torch.data.sources.convert import LOG_FORMAT, _reason_lines
 from bridge_torch.data.sources.convert_output import (
     DONE_MARKER,
+    LOG_FORMAT,
     PACKED_DIR,
     check_output_path,
     is_finished,
+    reason_lines,
 )
 from bridge_torch.data.sources.tfds import Shard, TfdsDataset, open_tfds
 from bridge_torch.data.sources.tfrecord import TFRecordError
@@ -351,7 +352,7 @@ def format_report(report: RldsReport) -> str:
              "episodes written: " + (", ".join(f"{s} {n}" for s, n in report.episodes.items())
                                      or "-"),
              f"skipped episodes: {sum(report.skipped.values())}",
-             *_reason_lines(report.skipped, report.examples),
+             *reason_lines(report.skipped, report.examples),
              "stores: " + (", ".join(report.stores) or "-")]
     return "\n".join(lines)
 
