@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from bridge_torch.data.actions import compute_statistics
-from bridge_torch.data.inspect import find_sources, format_summary, main, preview, summarize
+from bridge_torch.data.inspect import find_sources, format_summary, main, summarize
+from bridge_torch.data.preview import preview
 from bridge_torch.data.sources.synthetic import generate_raw_dataset
 from bridge_torch.data.store import Trajectory, write_store
 from bridge_torch.plots import DPI
