@@ -1,12 +1,12 @@
 """``bridge-torch-sim``: closed-loop benchmark on Meta-World (needs the ``sim`` extra).
 
-    bridge-torch-sim collect --tasks reach-v3,push-v3 --episodes 50 --out sim/ --im_size 64
+    bridge-torch-sim collect --tasks reach-v3,push-v3 --episodes 50 --output_path sim/ --im_size 64
     bridge-torch-train data_path=sim/data algo=gc_bc ...
     bridge-torch-sim eval runs/bridgedata_torch/gc_bc_<...> --tasks reach-v3,push-v3 --episodes 20
 
-``collect`` writes scripted-expert demonstrations as raw BridgeData under ``<out>/raw``, converts
-them into ``<out>/data`` and lists each episode's (task, variation, seed) in
-``<out>/episodes.json``. ``eval`` rolls the run's policy out on held-out episodes (seeds from
+``collect`` writes scripted-expert demonstrations straight into packed stores under
+``<out>/data`` (one task directory per task, train and val splits) and lists each episode's
+(task, variation, seed) in ``<out>/episodes.json``. ``eval`` rolls the run's policy out on held-out episodes (seeds from
 ``--seed``, disjoint from collection's) with the camera its training data was collected with
 (flags override it) and writes ``report.json`` and GIFs (goal | observation) to ``--out``
 (default ``<run dir>/sim_eval``).
@@ -89,9 +89,9 @@ def build_parser() -> CliParser:
     collect.add_argument("--episodes", type=int, required=True, help="train demos per task")
     collect.add_argument("--val_episodes", type=int, default=5, help="val demos per task")
     collect.add_argument("--output_path", "--out", type=Path, required=True, metavar="DIR",
-                         help="raw/, data/ and episodes.json go here")
+                         help="data/ and episodes.json go here")
     collect.add_argument("--seed", type=int, default=0, help="first episode seed")
-    collect.add_argument("--im_size", type=int, default=128, help="converted frame side")
+    collect.add_argument("--im_size", type=int, default=128, help="side of the stored training frames")
     _add_camera(collect)
     evaluate = commands.add_parser("eval", help="closed-loop success of a trained run")
     evaluate.add_argument("run_dir", type=Path)
