@@ -6,7 +6,8 @@
 
 ``collect`` writes scripted-expert demonstrations straight into packed stores under
 ``<out>/data`` (one task directory per task, train and val splits) and lists each episode's
-(task, variation, seed) in ``<out>/episodes.json``. ``eval`` rolls the run's policy out on held-out episodes (seeds from
+(task, variation, seed) in ``<out>/episodes.json``. ``eval`` rolls the run's policy out on
+held-out episodes (seeds from
 ``--seed``, disjoint from collection's) with the camera its training data was collected with
 (flags override it) and writes ``report.json`` and GIFs (goal | observation) to ``--out``
 (default ``<run dir>/sim_eval``).
@@ -91,7 +92,8 @@ def build_parser() -> CliParser:
     collect.add_argument("--output_path", "--out", type=Path, required=True, metavar="DIR",
                          help="data/ and episodes.json go here")
     collect.add_argument("--seed", type=int, default=0, help="first episode seed")
-    collect.add_argument("--im_size", type=int, default=128, help="side of the stored training frames")
+    collect.add_argument("--im_size", type=int, default=128,
+                         help="side of the stored training frames")
     _add_camera(collect)
     evaluate = commands.add_parser("eval", help="closed-loop success of a trained run")
     evaluate.add_argument("run_dir", type=Path)
