@@ -7,10 +7,9 @@
 ``collect`` writes scripted-expert demonstrations straight into packed stores under
 ``<out>/data`` (one task directory per task, train and val splits) and lists each episode's
 (task, variation, seed) in ``<out>/episodes.json``. ``eval`` rolls the run's policy out on
-held-out episodes (seeds from
-``--seed``, disjoint from collection's) with the camera its training data was collected with
-(flags override it) and writes ``report.json`` and GIFs (goal | observation) to ``--out``
-(default ``<run dir>/sim_eval``).
+held-out episodes (seeds from ``--seed``, disjoint from collection's) with the camera its training
+data was collected with (flags override it) and writes ``report.json`` and GIFs
+(goal | observation) to ``--output_path`` (default ``<run dir>/sim_eval``).
 """
 
 import argparse
