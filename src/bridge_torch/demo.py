@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from bridge_torch.agents import AGENTS
 from bridge_torch.cli_errors import CliParser, debug_requested, fail, user_errors
 from bridge_torch.cpu_threads import configure_cpu_threads
 from bridge_torch.data.sources.convert import (
@@ -34,10 +35,10 @@ from bridge_torch.offline_eval import evaluate_run, format_table
 from bridge_torch.plots import loss_figure, save_png
 from bridge_torch.train.metrics_log import read_metrics
 
-ALGOS = ("bc", "gc_bc", "gc_ddpm_bc")
-# Updates per algorithm: the diffusion policy's sampled actions need more training than a
-# Gaussian's mean to beat the baseline (its val MSE includes its own sampling spread).
-DEFAULT_STEPS = {"bc": 400, "gc_bc": 400, "gc_ddpm_bc": 1000}
+ALGOS = tuple(AGENTS)  # every registered agent
+# Updates per algorithm (400 unless listed): the diffusion policy's sampled actions need more
+# training than a Gaussian's mean to beat the baseline (its val MSE includes its sampling spread).
+DEFAULT_STEPS = {algo: {"gc_ddpm_bc": 1000}.get(algo, 400) for algo in ALGOS}
 
 
 def _stage(message: str) -> None:
@@ -83,9 +84,9 @@ def demo_overrides(algo: str, data: Path, runs: Path, steps: int, seed: int) -> 
         "model.hidden_dims=[128,128]", "model.score_width=128", "optimizer.lr=1e-3",
         f"scheduler.warmup_steps={steps // 10}", f"scheduler.decay_steps={steps}",
     ]
-    if algo == "gc_ddpm_bc":
-        overrides.append("ema.rate=0.05")  # a few hundred steps: the JAX 0.002 would lag far behind
-    return overrides
+    # only used where the preset keeps an EMA (gc_ddpm_bc): over a few hundred steps the JAX rate
+    # of 0.002 would lag far behind
+    return [*overrides, "ema.rate=0.05"]
 
 
 def train(algo: str, data: Path, runs: Path, steps: int, seed: int) -> Path:
