@@ -202,8 +202,9 @@ def read_frames(camera_dir: Path, steps: int, im_size: int) -> list[np.ndarray]:
 
 
 def squash_frame(image: Image.Image, im_size: int) -> np.ndarray:
-    """The whole frame squashed to uint8 (im_size, im_size, 3) with LANCZOS (§2); every source
-    resizes through this, so frames of one scene match whichever release they came from."""
+    """The whole frame squashed to uint8 (im_size, im_size, 3) with LANCZOS, as the original
+    converter does; every source resizes through this, so frames of one scene match whichever
+    release they came from."""
     return np.array(image.resize((im_size, im_size), Image.Resampling.LANCZOS))
 
 
