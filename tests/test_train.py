@@ -75,8 +75,8 @@ def test_run_directory_records_itself(data_path, tmp_path):
     assert run_dir.parent == tmp_path.resolve() / "bridgedata_torch"
     assert run_dir.name.startswith("probe_")
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "ckpt_2.pt", "ckpt_4.pt", "config.json", "config.yaml", "metrics.jsonl",
-        "model_summary.json", "stats.json",
+        "ckpt_2.pt", "ckpt_4.pt", "config.json", "config.yaml", "lock", "metrics.jsonl",
+        "model_summary.json", "stats.json", "status.json",
     ]
     config = load_config(run_dir / "config.yaml")
     assert config.algo == "gc_bc" and config.num_steps == 4
