@@ -89,20 +89,21 @@ def train(config: TrainConfig) -> Path:
         logging.getLogger("bridge_torch").setLevel(logging.WARNING)  # one rank speaks
     device = distributed.resolve_device(config.device, info)
     distributed.init_process_group(info, device, config.ddp.timeout_s)
-    run = Run(config, info, device, Path(), split_batch(config.batch_size, info),
-              autocast_dtype(config, device), sim_eval_settings(config))
+    batch_per_rank = split_batch(config.batch_size, info)  # config errors before any directory
+    amp_dtype, sim_settings = autocast_dtype(config, device), sim_eval_settings(config)
     configure_backends(config, device)
     try:
-        run.run_dir, lock = prepare_run_dir(config, info)
-        status = runs.StatusRecorder(run.run_dir, enabled=info.is_main)
+        run_dir, lock = prepare_run_dir(config, info)
+        run = Run(config, info, device, run_dir, batch_per_rank, amp_dtype, sim_settings)
+        status = runs.StatusRecorder(run_dir, enabled=info.is_main)
         with lock or nullcontext(), status:  # the status is final before the lock goes
             start_run(run, status)
             fit(run, status)
     finally:
         distributed.destroy_process_group()
     if info.is_main:
-        report_artefacts(run.run_dir)
-    return run.run_dir
+        report_artefacts(run_dir)
+    return run_dir
 
 
 def start_run(run: Run, status: runs.StatusRecorder) -> None:
