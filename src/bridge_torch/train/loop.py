@@ -167,13 +167,13 @@ def after_update(run: Run, done: int, logger: MetricsLogger,
     last = done == config.num_steps
     saving = done % config.save_interval == 0 or last
     evaluating = run.data.val is not None and (done % config.eval_interval == 0 or last)
-    sim_every = config.sim_eval.interval  # closed loop, main rank only (one renderer)
-    simulating = info.is_main and run.sim_settings is not None and (done % sim_every == 0 or last)
+    sim_due = run.sim_settings is not None and (done % config.sim_eval.interval == 0 or last)
     # The guard's counters live on the device; reading them is a host sync, so on CUDA it happens
     # only where the loop syncs anyway (log steps, whose metrics were just read) and before
     # anything that would use the weights; on the CPU a read is free, so after every update.
+    # The same condition on every rank: the check agrees over ranks with a collective.
     if (run.device.type == "cpu" or done % config.log_interval == 0 or last or saving
-            or evaluating or simulating):
+            or evaluating or sim_due):
         check_nonfinite(run.state.guard, done, info)
     if saving:
         save_training_state(run.state, run.run_dir, done, config, run.data, run.summary, info)
@@ -181,7 +181,7 @@ def after_update(run: Run, done: int, logger: MetricsLogger,
         status.update()
     if evaluating:
         validate(run, done, logger)
-    if simulating:
+    if sim_due and info.is_main:  # closed loop, main rank only (one renderer)
         eval_agent = run.state.ema.module if run.state.ema is not None else run.state.agent
         logger.log(done, sim_eval_metrics(eval_agent, run.data.stats, config, run.sim_settings))
 
