@@ -28,9 +28,10 @@ import torch
 
 from bridge_torch.cpu_threads import available_cores, configure_cpu_threads
 from bridge_torch.demo import DEFAULT_STEPS, demo_overrides
+from bridge_torch.train.build import build_training_state
 from bridge_torch.train.config import compose_config
 from bridge_torch.train.distributed import DistInfo
-from bridge_torch.train.loop import build_training_state, train_step
+from bridge_torch.train.loop import train_step
 from bridge_torch.train.run_data import load_run_data
 from common import emit, environment, write_task_dir
 

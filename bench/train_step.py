@@ -33,14 +33,10 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from bridge_torch.train.build import autocast_dtype, build_training_state, configure_backends
 from bridge_torch.train.config import compose_config
 from bridge_torch.train.distributed import DistInfo
-from bridge_torch.train.loop import (
-    autocast_dtype,
-    build_training_state,
-    configure_backends,
-    train_step,
-)
+from bridge_torch.train.loop import train_step
 from bridge_torch.train.run_data import load_run_data
 from common import (
     agent_parser,

@@ -12,9 +12,10 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from bridge_torch.train import distributed
+from bridge_torch.train.build import wrap_model
 from bridge_torch.train.config import TrainConfig
 from bridge_torch.train.distributed import DistInfo
-from bridge_torch.train.loop import train_step, wrap_model
+from bridge_torch.train.loop import train_step
 from bridge_torch.train.state import TrainState, param_checksum
 from helpers import free_port
 

@@ -31,8 +31,8 @@ from bridge_torch.port_compat import (
     translate_train_argv,
 )
 from bridge_torch.train import checkpoint
+from bridge_torch.train.build import AUGMENT_STREAM, autocast_dtype
 from bridge_torch.train.config import TrainConfig, compose_config, load_config
-from bridge_torch.train.loop import AUGMENT_STREAM, autocast_dtype
 from bridge_torch.train.metrics_log import read_metrics
 from helpers import free_port
 

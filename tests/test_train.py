@@ -20,9 +20,10 @@ from bridge_torch.data.datasets import open_split, resolve_task_dirs, training_s
 from bridge_torch.data.store import Trajectory, write_store
 from bridge_torch.deploy import restore
 from bridge_torch.train import checkpoint, runs
+from bridge_torch.train.build import split_batch, wrap_model
 from bridge_torch.train.config import TrainConfig, compose_config, load_config, to_container
 from bridge_torch.train.distributed import DistInfo
-from bridge_torch.train.loop import split_batch, train, train_step, wrap_model
+from bridge_torch.train.loop import train, train_step
 from bridge_torch.train.metrics_log import read_metrics
 from bridge_torch.train.state import TrainState
 
@@ -75,8 +76,8 @@ def test_run_directory_records_itself(data_path, tmp_path):
     assert run_dir.parent == tmp_path.resolve() / "bridgedata_torch"
     assert run_dir.name.startswith("probe_")
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "ckpt_2.pt", "ckpt_4.pt", "config.json", "config.yaml", "metrics.jsonl",
-        "model_summary.json", "stats.json",
+        "ckpt_2.pt", "ckpt_4.pt", "config.json", "config.yaml", "lock", "metrics.jsonl",
+        "model_summary.json", "stats.json", "status.json",
     ]
     config = load_config(run_dir / "config.yaml")
     assert config.algo == "gc_bc" and config.num_steps == 4

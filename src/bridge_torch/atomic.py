@@ -66,7 +66,8 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Call ``write(handle)`` on a temporary sibling, fsync it, rename it to ``path``.
 
     An interrupt (Ctrl-C) or error removes the temporary and propagates; ``KeyboardInterrupt``
-    stays itself (it is not a disk problem), other failures become :func:`explain_write_error`.
+    stays itself (it is not a disk problem), even when a writer wrapped it in its own error;
+    other failures become :func:`explain_write_error`.
     """
     path = Path(path)
     tmp = temp_path(path)
@@ -77,10 +78,26 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:  # torch's zip writer reports ENOSPC as RuntimeError
+        if _interrupted(err):
+            raise KeyboardInterrupt(f"interrupted while writing {path}; it was left as it "
+                                    "was") from err
         raise explain_write_error(err, path) from err
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def _interrupted(err: BaseException) -> bool:
+    """Whether ``err`` was caused by Ctrl-C: torch's zip writer turns a ``KeyboardInterrupt``
+    raised inside its write callback into a ``RuntimeError`` (which would read as a disk error)."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def write_text_atomic(path: Path, text: str) -> None:

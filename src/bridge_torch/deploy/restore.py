@@ -49,12 +49,19 @@ def _check_belongs_to_run(run_dir: Path, path: Path, state: dict) -> None:
                              f"trained on {run_action_dim}-dimensional actions (stats.json)")
 
 
+# the statistics each normalisation uses (an imported JAX policy has no min/max)
+NORMALIZATION_FIELDS = {"normal": ("mean", "std"), "bounds": ("min", "max"), "none": ()}
+
+
 def _check_finite(path: Path, state: dict, weights_key: str) -> None:
     """Statistics and weights are numbers a robot acts on: well formed and finite, or refused."""
     shapes = state["agent_shapes"]
+    kind = state["config"].get("data", {}).get("normalization_type", "normal")
+    used = NORMALIZATION_FIELDS.get(kind, ("mean", "std", "min", "max"))  # what the policy reads
     for key, dim in (("actions", shapes["action_dim"]), ("proprio", shapes["proprio_dim"])):
         entry = state["stats"].get(key) if isinstance(state["stats"], dict) else None
-        check_statistics(entry, dim, f"{path} stats.{key}", ("mean", "std", "min", "max"))
+        if used:
+            check_statistics(entry, dim, f"{path} stats.{key}", used)
     for name, tensor in state[weights_key].items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"{path} [{weights_key}]: {name} contains NaN or inf; these weights "

@@ -7,9 +7,15 @@ to deploy it: ``step``, ``config`` (resolved, plain containers), ``stats`` (norm
 dicts of the raw agent — never a compiled or DDP-wrapped module), ``optimizer``, ``scheduler``,
 ``scaler``, ``model_summary``, and one entry per rank in ``rng``, ``sampler`` and ``augmenter``.
 Loading uses ``torch.load(weights_only=True)``: no pickled objects, no code execution.
+
+``save`` adds ``tensor_sha256``, a digest of every tensor (dtype, shape, bytes) by its path in the
+dict, which ``load`` verifies: torch's reader does not notice a flipped bit in tensor data.
+Checkpoints written before digests existed load unverified.
 """
 
+import hashlib
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +25,7 @@ from torch import nn
 from bridge_torch.atomic import os_error, write_atomic
 
 REQUIRED_KEYS = ("step", "config", "stats", "agent_shapes", "model", "ema")
+DIGESTS_KEY = "tensor_sha256"
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
@@ -29,10 +36,14 @@ def save(path: Path, state: dict[str, Any]) -> None:
     an earlier checkpoint is never touched.
 
     Raises:
+        ValueError: the model or EMA weights hold NaN or inf (nothing is written).
         OSError: the write failed; says why (disk full with the free bytes, permission, a
             temporary removed by another process) and that earlier checkpoints are unchanged.
+        KeyboardInterrupt: Ctrl-C during the write (nothing is written).
     """
     path = Path(path)
+    refuse_nonfinite_weights(path, state)
+    state = {**state, DIGESTS_KEY: tensor_digests(state)}
     try:
         write_atomic(path, lambda handle: torch.save(state, handle))
     except OSError as err:
@@ -56,7 +67,63 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     missing = [key for key in REQUIRED_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
         raise ValueError(f"{path} is not a bridge-torch checkpoint: missing keys {missing}")
+    verify_digests(path, state)
     return state
+
+
+def _tensors(value: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor in nested dicts/lists/tuples, with its path (``model/encoder.conv.weight``)."""
+    if isinstance(value, torch.Tensor):
+        yield prefix, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _tensors(item, f"{prefix}/{key}" if prefix else str(key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _tensors(item, f"{prefix}/{index}")
+
+
+def _digest(tensor: torch.Tensor) -> str:
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    digest = hashlib.sha256(f"{flat.dtype}{tuple(tensor.shape)}".encode())
+    digest.update(flat.view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def tensor_digests(state: dict[str, Any]) -> dict[str, str]:
+    """sha256 of each tensor's dtype, shape and bytes, by its path in ``state``."""
+    return {name: _digest(tensor) for name, tensor in _tensors(state)}
+
+
+def verify_digests(path: Path, state: dict[str, Any]) -> None:
+    """Recompute the digests ``save`` recorded; any difference is a corrupt file, named."""
+    recorded = state.get(DIGESTS_KEY)
+    if recorded is None:
+        return  # written before digests existed
+    actual = tensor_digests(state)  # the recorded digests are strings: no tensors among them
+    bad = sorted(name for name in set(recorded) | set(actual)
+                 if recorded.get(name) != actual.get(name))
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ValueError(f"checkpoint {path} is corrupt: {', '.join(bad[:3])}{more} differ from "
+                         "the sha256 digests recorded when it was written (a flipped bit on disk "
+                         "or in a copy?)")
+
+
+def refuse_nonfinite_weights(path: Path, state: dict[str, Any]) -> None:
+    """Raise before writing model/EMA weights that hold NaN or inf: a diverged run must not
+    leave a checkpoint that evaluation or a resume would pick up as the latest."""
+    for section in ("model", "ema"):
+        weights = [(k, t) for k, t in (state.get(section) or {}).items() if t.is_floating_point()]
+        if not weights:
+            continue
+        finite = torch.stack([torch.isfinite(t).all() for _, t in weights]).tolist()
+        bad = [name for (name, _), ok in zip(weights, finite, strict=True) if not ok]
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise ValueError(f"refusing to write checkpoint {path}: the {section} weights "
+                             f"{', '.join(bad[:3])}{more} hold NaN or inf (training diverged); "
+                             "earlier checkpoints are unchanged")
 
 
 def load_module_state(module: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:

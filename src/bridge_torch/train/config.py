@@ -9,9 +9,8 @@ a comment says why.
 The model, encoder, saliency, sampler and augmentation sections are the owners' dataclasses.
 """
 
-import difflib
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,19 +18,26 @@ import torch
 import yaml
 from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from bridge_torch.agents import AGENTS, agent_inputs, agent_spec
 from bridge_torch.data.augment import AugmentConfig
 from bridge_torch.data.sampler_config import SamplerConfig
 from bridge_torch.data.task_selection import check_tasks, task_patterns
 from bridge_torch.models.resnet import EncoderConfig
 from bridge_torch.models.saliency import SaliencyConfig
+from bridge_torch.train.config_checks import (
+    apply_resume_overrides,
+    check_finite,
+    derive_loading,
+    refuse_resolvers,
+    refuse_unknown_keys,
+    typed_model_config,
+)
 
 log = logging.getLogger(__name__)
-CONFIG_GROUPS = ("algo", "bridgedata")  # Hydra groups under conf/; fixed for a run on resume
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -254,9 +260,13 @@ class TrainConfig:
     eval_batches: Optional[int] = None  # validation batches per pass; None = full pass (JAX)
     save_interval: int = 5000  # updates between checkpoints; also after the last (JAX 5000)
     keep_last: Optional[int] = None  # keep the K newest checkpoints; None = all (JAX keeps all)
+    # non-finite (NaN/inf) updates to skip, not apply, in the whole run before it stops; 0 = stop
+    # at the first (JAX trains on)
+    skip_nonfinite_updates: int = 0
     seed: int = 42  # seeds torch, numpy, random, the sampler and the augmenter (JAX 42)
     device: str = "auto"  # "auto" (CUDA if available, else CPU) | "cpu" | "cuda" | "cuda:N"
     resume: Optional[str] = None  # a run directory: continue it exactly from its latest checkpoint
+    init_from: Optional[str] = None  # run dir or ckpt_<step>.pt: fine-tune from its weights
     bridgedata: BridgeDataConfig = field(default_factory=BridgeDataConfig)
     # the agent's own settings, validated by its config dataclass (``agents.AGENTS[algo]``)
     model: Any = field(default_factory=dict)
@@ -274,6 +284,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.model = typed_model_config(self.algo, self.model)
+        check_finite(self)
         derive_loading(self)
         positive = ("batch_size", "val_batch_size", "num_steps", "log_interval", "eval_interval",
                     "save_interval")
@@ -285,8 +296,14 @@ class TrainConfig:
                 f"eval_batches must be >= 1, or null for a full validation pass; got "
                 f"{self.eval_batches}"
             )
+        if self.init_from is not None and self.resume is not None:
+            raise ValueError("init_from and resume exclude each other: resume continues a run, "
+                             "init_from starts a new one from its weights")
         if self.keep_last is not None and self.keep_last < 1:
             raise ValueError(f"keep_last must be >= 1 or null (keep all), got {self.keep_last}")
+        if self.skip_nonfinite_updates < 0:
+            raise ValueError(f"skip_nonfinite_updates must be >= 0, got "
+                             f"{self.skip_nonfinite_updates}")
         if self.device != "auto":
             try:
                 torch.device(self.device)
@@ -296,46 +313,6 @@ class TrainConfig:
     @property
     def run_name(self) -> str:
         return self.name or self.algo
-
-
-def typed_model_config(algo: str, model: Any) -> Any:
-    """The ``model`` section as ``algo``'s config dataclass.
-
-    A key of another registered agent is dropped with a log line, so one override list can
-    sweep several algorithms (``-m algo=bc,gc_ddpm_bc model.hidden_dims=[128]``); a key no agent
-    knows, or a wrong type, is an error naming ``model.<key>`` and this agent's settings.
-    """
-    spec = agent_spec(algo)
-    if isinstance(model, spec.config):
-        return model
-    values = dict(model or {})
-    own = {f.name for f in fields(spec.config)}
-    others = {f.name for other in AGENTS.values() for f in fields(other.config)} - own
-    for key in sorted(set(values) & others):
-        log.info("model.%s is not a setting of algo %r: ignored", key, algo)
-        del values[key]
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(spec.config), values)
-    except OmegaConfBaseException as err:
-        reason = str(err.msg).splitlines()[0]
-        close = difflib.get_close_matches(str(err.key), own, n=1)
-        hint = f" (did you mean model.{close[0]}?)" if close and close[0] != err.key else ""
-        raise ValueError(f"model.{err.key}: {reason}{hint}; the model settings of algo "
-                         f"{algo!r} are: {', '.join(sorted(own))}") from None
-    return OmegaConf.to_object(merged)
-
-
-def derive_loading(config: "TrainConfig") -> None:
-    """Fill ``data.load_goals`` / ``data.load_saliency`` from what the agent consumes."""
-    inputs = agent_inputs(config.algo, config.model, config.saliency)
-    for key, needed in (("load_goals", inputs.goal_image), ("load_saliency", inputs.saliency)):
-        given = getattr(config.data, key)
-        if given is not None and given != needed:
-            why = ("saliency.enabled" if key == "load_saliency"
-                   else f"algo {config.algo!r} {'reads' if needed else 'never reads'} goals")
-            raise ValueError(f"data.{key}={given} contradicts {why}: it follows the agent, "
-                             "drop the override")
-        setattr(config.data, key, needed)
 
 
 def register_configs() -> None:
@@ -359,9 +336,12 @@ def to_yaml(config: TrainConfig) -> str:
 
 
 def _read_saved(path: Path) -> DictConfig:
-    """A saved config.yaml merged onto the schema; an unknown key or wrong type names the file."""
+    """A saved config.yaml merged onto the schema; an unknown key, a wrong type or a resolver
+    interpolation names the file."""
     try:
-        return OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(path))
+        raw = OmegaConf.load(path)
+        refuse_resolvers(OmegaConf.to_container(raw, resolve=False), source=str(path))
+        return OmegaConf.merge(OmegaConf.structured(TrainConfig), raw)
     except (OmegaConfBaseException, yaml.YAMLError) as err:
         raise ValueError(f"{path} is not a valid bridge-torch config: {err}") from err
 
@@ -373,6 +353,7 @@ def load_config(path: Path) -> TrainConfig:
 
 def config_from_container(saved: dict, *, source: str) -> TrainConfig:
     """A config saved as plain containers (a checkpoint's) as a validated ``TrainConfig``."""
+    refuse_resolvers(saved, source=source)
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), saved))
     except (OmegaConfBaseException, ValueError) as err:
@@ -382,29 +363,30 @@ def config_from_container(saved: dict, *, source: str) -> TrainConfig:
 def resolve_config(cfg: DictConfig, overrides: list[str]) -> TrainConfig:
     """Validate a composed config; on ``resume=<run dir>`` start from the run's own config.
 
-    A resumed run keeps everything it was started with (its saved config.yaml); only the plain
-    ``key=value`` overrides of the resume command apply on top (e.g. ``num_steps=``). Changing a
-    config group on resume is refused: it would silently swap the algorithm or the data.
+    A resumed run keeps everything it was started with (its saved config.yaml); the resume
+    command's plain ``key=value`` overrides apply on top (e.g. ``num_steps=``), and a config group
+    override must name the run's own choice (``config_checks.apply_resume_overrides``).
     """
     if cfg.resume is None:
+        refuse_unknown_keys(cfg)
         return OmegaConf.to_object(cfg)
     run_dir = Path(cfg.resume).expanduser().resolve()
     if not (run_dir / "config.yaml").is_file():
         raise ValueError(f"resume={cfg.resume}: no config.yaml in {run_dir}; not a run directory")
     saved = _read_saved(run_dir / "config.yaml")
     saved.data.allow_pickle, saved.data.allow_image_mismatch = None, False  # opt-ins: per command
-    for override in OverridesParser.create().parse_overrides(overrides):
-        key = override.key_or_group
-        if key in CONFIG_GROUPS:
-            raise ValueError(
-                f"resume: the config group override '{override.input_line}' cannot be applied; "
-                f"a resumed run keeps its saved {key} settings (drop it, or start a new run)"
-            )
-        if override.is_delete() or override.is_sweep_override():
-            raise ValueError(f"resume: unsupported override '{override.input_line}'")
-        OmegaConf.update(saved, key, override.value(), merge=False)
+    apply_resume_overrides(saved, OverridesParser.create().parse_overrides(overrides),
+                           _compose)
     saved.resume = str(run_dir)
     return OmegaConf.to_object(saved)
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    """conf/config.yaml composed with ``overrides``, inside a running Hydra app or not."""
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="config", overrides=overrides)
+    with initialize_config_module(config_module="bridge_torch.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
 
 
 def compose_config(overrides: Optional[list[str]] = None) -> TrainConfig:
@@ -414,6 +396,4 @@ def compose_config(overrides: Optional[list[str]] = None) -> TrainConfig:
     """
     overrides = list(overrides or [])
     register_configs()
-    with initialize_config_module(config_module="bridge_torch.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    return resolve_config(cfg, overrides)
+    return resolve_config(_compose(overrides), overrides)

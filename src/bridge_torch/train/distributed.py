@@ -151,3 +151,10 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.is_distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Maximum of ``tensor`` over ranks, in place (where the loop synchronises anyway)."""
+    if info.is_distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor

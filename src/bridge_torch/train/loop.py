@@ -10,24 +10,28 @@
 ``python -m bridge_torch.train`` is the same app. Settings: conf/config.yaml and the dataclasses in
 config.py (``bridge-torch-train --cfg job`` prints the composed config). The run directory
 ``<save_dir>/bridgedata_torch/<name>_<timestamp>_<suffix>/`` receives config.yaml/json, stats.json,
-model_summary.json, metrics.jsonl and ckpt_<step>.pt; its path is the last line of stdout.
+model_summary.json, metrics.jsonl, ckpt_<step>.pt, status.json and the lock its process holds
+(``train/runs.py``); its path is the last line of stdout.
 """
 
 import logging
+import math
 import sys
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from bridge_torch import port_compat
-from bridge_torch.agents import build_agent, count_parameters
+from bridge_torch.agents import count_parameters
 from bridge_torch.batch import ACTIONS
 from bridge_torch.cli_errors import (
     FAILURE_STATUS,
@@ -37,100 +41,125 @@ from bridge_torch.cli_errors import (
     run_hydra_app,
 )
 from bridge_torch.cpu_threads import configure_cpu_threads
-from bridge_torch.data.augment.augmenter import Augmenter
-from bridge_torch.data.sampler import TransitionSampler, iterate_validation
-from bridge_torch.sim.training import sim_eval_metrics, sim_eval_settings
-from bridge_torch.train import checkpoint, distributed, runs
+from bridge_torch.data.sampler import iterate_validation
+from bridge_torch.train import distributed, runs
+from bridge_torch.train.build import (
+    autocast_dtype,
+    build_training_state,
+    configure_backends,
+    split_batch,
+)
 from bridge_torch.train.config import (
-    AMP_DTYPES,
     TrainConfig,
     register_configs,
     resolve_config,
     to_container,
 )
 from bridge_torch.train.distributed import DistInfo
-from bridge_torch.train.ema import EMA
+from bridge_torch.train.init_from import load_initial
 from bridge_torch.train.metrics_log import LogWindow, MetricsLogger, reduce_log_metrics
-from bridge_torch.train.optim import build_optimizer, build_scheduler
-from bridge_torch.train.run_data import RunData, load_run_data
+from bridge_torch.train.nonfinite import NonFiniteGuard
+from bridge_torch.train.run_data import DataLayout, RunData, load_run_data
 from bridge_torch.train.state import (
     TrainState,
     prepare_run_dir,
-    restore_training_state,
     save_training_state,
-    seed_everything,
     write_run_files,
 )
 from bridge_torch.train.validation import evaluate
 
 log = logging.getLogger(__name__)
-# Offsets of seed + rank for each random stream. Two generators seeded alike draw the same
-# uniforms, which would tie, e.g., each sample's crop to its transition index.
-SAMPLER_STREAM, AUGMENT_STREAM, NOISE_STREAM = 0, 1_000_000, 2_000_000
+
+
+@dataclass
+class Run:
+    """One run's fixed context: what the loop reads at every step besides the training state."""
+
+    config: TrainConfig
+    info: DistInfo
+    device: torch.device
+    run_dir: Path
+    batch_per_rank: int
+    amp_dtype: torch.dtype | None
+    sim_settings: Any  # sim.training settings, or None when sim_eval is off
+    data: RunData | None = None
+    state: TrainState | None = None
+    summary: dict | None = None
+    start_step: int = 0
 
 
 def train(config: TrainConfig) -> Path:
     """Run (or resume) one training run; return its run directory."""
-    # ---- setup: who am I, which device, where does the run live ------------------------------
     info = distributed.read_env()
     if not info.is_main:
         logging.getLogger("bridge_torch").setLevel(logging.WARNING)  # one rank speaks
     device = distributed.resolve_device(config.device, info)
     distributed.init_process_group(info, device, config.ddp.timeout_s)
-    batch_per_rank = split_batch(config.batch_size, info)
-    amp_dtype = autocast_dtype(config, device)
+    batch_per_rank = split_batch(config.batch_size, info)  # config errors before any directory
+    amp_dtype, sim_settings = autocast_dtype(config, device), closed_loop_settings(config)
     configure_backends(config, device)
-    sim_settings = sim_eval_settings(config)
-    run_dir = prepare_run_dir(config, info)
-    resumed = checkpoint.load(runs.latest_checkpoint(run_dir)) if config.resume else None
-
-    # ---- data, agent, optimizer/EMA: everything a checkpoint restores -----------------------
-    data = load_run_data(config, device, stats=resumed["stats"] if resumed else None)
-    state, start_step = build_training_state(config, data, info, device, resumed)
-    summary = count_parameters(state.agent)
-    if info.is_main:
-        write_run_files(run_dir, config, data.stats, summary)
-        log.info("run %s from step %d on %s (world size %d)", run_dir, start_step, device,
-                 info.world_size)
-    eval_agent = state.ema.module if state.ema is not None else state.agent
-
-    # ---- loop ----------------------------------------------------------------------------------
-    logger = MetricsLogger(run_dir, config.wandb, enabled=info.is_main,
-                           config=to_container(config), resume_step=start_step if resumed else None)
-    progress = tqdm(total=config.num_steps, initial=start_step, disable=not info.is_main,
-                    desc=run_dir.name, dynamic_ncols=True)
-    window = LogWindow(time.perf_counter())
-    done = start_step  # updates completed (named when a lost rank stops the run)
     try:
-        for step in range(start_step, config.num_steps):
+        run_dir, lock = prepare_run_dir(config, info)
+        run = Run(config, info, device, run_dir, batch_per_rank, amp_dtype, sim_settings)
+        status = runs.StatusRecorder(run_dir, enabled=info.is_main)
+        with lock or nullcontext(), status:  # the status is final before the lock goes
+            start_run(run, status)
+            fit(run, status)
+    finally:
+        distributed.destroy_process_group()
+    if info.is_main:
+        report_artefacts(run_dir)
+    return run_dir
+
+
+def start_run(run: Run, status: runs.StatusRecorder) -> None:
+    """Data, agent, optimizer/EMA (restored from the newest loadable checkpoint on resume)."""
+    config, info = run.config, run.info
+    source, resumed = runs.load_latest(run.run_dir) if config.resume else (None, None)
+    initial = load_initial(config.init_from, config.algo) if config.init_from else None
+    stats = resumed["stats"] if resumed else initial.stats if initial else None
+    layout = DataLayout.of_checkpoint(resumed, str(source)) if resumed else None
+    run.data = load_run_data(config, run.device, stats=stats, expected=layout)
+    run.state, run.start_step = build_training_state(config, run.data, info, run.device,
+                                                     resumed, source=source, initial=initial)
+    run.summary = count_parameters(run.state.agent)
+    status.step = run.start_step
+    status.checkpoint = run.start_step if resumed else None
+    if info.is_main:
+        write_run_files(run.run_dir, config, run.data.stats, run.summary)
+        status.update()
+        log.info("run %s from step %d on %s (world size %d)%s", run.run_dir, run.start_step,
+                 run.device, info.world_size, f", resumed from {source}" if source else "")
+
+
+def fit(run: Run, status: runs.StatusRecorder) -> None:
+    """The update loop, from ``run.start_step`` to ``num_steps``."""
+    config, state, info = run.config, run.state, run.info
+    logger = MetricsLogger(run.run_dir, config.wandb, enabled=info.is_main,
+                           config=to_container(config),
+                           resume_step=run.start_step if config.resume else None)
+    progress = tqdm(total=config.num_steps, initial=run.start_step, disable=not info.is_main,
+                    desc=run.run_dir.name, dynamic_ncols=True)
+    window = LogWindow(time.perf_counter())
+    try:
+        for step in range(run.start_step, config.num_steps):
             started = time.perf_counter()
-            batch = state.augmenter(state.sampler.sample(batch_per_rank))
+            batch = state.augmenter(state.sampler.sample(run.batch_per_rank))
             fetched = time.perf_counter()
             lr = state.scheduler.get_last_lr()[0]  # the LR this update uses (JAX logs the same)
-            metrics = train_step(state, batch, amp_dtype, config.optimizer.max_grad_norm)
+            metrics = train_step(state, batch, run.amp_dtype, config.optimizer.max_grad_norm)
             window.add(fetched - started, time.perf_counter() - fetched)
-            done = step + 1
+            status.step = done = step + 1
             progress.update(1)
-            last = done == config.num_steps
-            if done % config.log_interval == 0 or last:
+            if done % config.log_interval == 0 or done == config.num_steps:
                 logged = reduce_log_metrics(metrics, lr, window, config.batch_size, info)
                 logger.log(done, logged)
                 progress.set_postfix(loss=f"{logged['training/loss']:.4f}")
-            if done % config.save_interval == 0 or last:
-                save_training_state(state, run_dir, done, config, data, summary, info)
-            if data.val is not None and (done % config.eval_interval == 0 or last):
-                batches = iterate_validation(data.val, config.data, config.val_batch_size,
-                                             seed=config.seed, max_batches=config.eval_batches)
-                val_metrics = evaluate(eval_agent, batches, seed=config.seed, info=info,
-                                       amp_dtype=amp_dtype)
-                logger.log(done, {f"validation/{k}": v for k, v in val_metrics.items()})
-            sim_every = config.sim_eval.interval  # closed loop, main rank only (one renderer)
-            if info.is_main and sim_settings is not None and (done % sim_every == 0 or last):
-                logger.log(done, sim_eval_metrics(eval_agent, data.stats, config, sim_settings))
+            after_update(run, done, logger, status)
             if done % config.log_interval == 0:
                 window = LogWindow(time.perf_counter())  # checkpoint/eval time is not training
     except RuntimeError as err:  # a rank died: say so, not just a backend error from a collective
-        failure = distributed.peer_failure(err, info, done)
+        failure = distributed.peer_failure(err, info, status.step)
         if failure is None:
             raise
         raise failure from err
@@ -138,113 +167,145 @@ def train(config: TrainConfig) -> Path:
         progress.close()
         logger.close()
         state.model = state.agent  # release the DDP wrapper before its process group goes
-        distributed.destroy_process_group()
-    return run_dir
 
 
-def build_training_state(
-    config: TrainConfig, data: RunData, info: DistInfo, device: torch.device,
-    resumed: dict | None,
-) -> tuple[TrainState, int]:
-    """Agent, EMA, optimizer, schedule, scaler and data streams; restored when resuming.
+def after_update(run: Run, done: int, logger: MetricsLogger,
+                 status: runs.StatusRecorder) -> None:
+    """Check for non-finite updates, then checkpoint and evaluate when due."""
+    config, info = run.config, run.info
+    last = done == config.num_steps
+    saving = done % config.save_interval == 0 or last
+    evaluating = run.data.val is not None and (done % config.eval_interval == 0 or last)
+    sim_due = run.sim_settings is not None and (done % config.sim_eval.interval == 0 or last)
+    # The guard's counters live on the device; reading them is a host sync, so on CUDA it happens
+    # only where the loop syncs anyway (log steps, whose metrics were just read) and before
+    # anything that would use the weights; on the CPU a read is free, so after every update.
+    # The same condition on every rank: the check agrees over ranks with a collective.
+    if (run.device.type == "cpu" or done % config.log_interval == 0 or last or saving
+            or evaluating or sim_due):
+        check_nonfinite(run.state.guard, done, info)
+    if saving:
+        save_training_state(run.state, run.run_dir, done, config, run.data, run.summary, info)
+        status.checkpoint = done
+        status.update()
+    if evaluating:
+        validate(run, done, logger)
+    if sim_due and info.is_main:  # closed loop, main rank only (one renderer)
+        from bridge_torch.sim.training import sim_eval_metrics  # imported only when asked for
 
-    Returns:
-        The state with ``model`` = the agent compiled and/or DDP-wrapped, and the first step.
-    """
-    stream_seed = config.seed + info.rank  # every rank draws its own batches and noise
-    sampler = TransitionSampler(data.train, config.data, seed=stream_seed + SAMPLER_STREAM,
-                                sample_weights=config.bridgedata.sample_weights)
-    augmenter = Augmenter(config.data.augment, seed=stream_seed + AUGMENT_STREAM)
-    seed_everything(config.seed)  # the same initial weights on every rank
-    agent = build_agent(
-        config.algo, config.model, config.encoder, config.saliency, data.agent_shapes
-    ).to(device)
-    ema = EMA(agent, config.ema.rate) if config.ema.enabled else None
-    optimizer = build_optimizer(agent.parameters(), config.optimizer, device)
-    scheduler = build_scheduler(optimizer, config.scheduler)
-    # Always in the step; only enabled for float16, whose small gradients would underflow.
-    scaler = torch.amp.GradScaler(
-        device.type, enabled=autocast_dtype(config, device) == torch.float16,
-        init_scale=config.amp.init_scale, growth_factor=config.amp.growth_factor,
-        backoff_factor=config.amp.backoff_factor, growth_interval=config.amp.growth_interval,
-    )
-    state = TrainState(agent, agent, ema, optimizer, scheduler, scaler, sampler, augmenter)
-    seed_everything(stream_seed + NOISE_STREAM)  # dropout and diffusion noise of this rank
-    start_step = restore_training_state(state, resumed, info, device) if resumed else 0
-    state.model = wrap_model(agent, config, info, device)
-    return state, start_step
+        eval_agent = run.state.ema.module if run.state.ema is not None else run.state.agent
+        logger.log(done, sim_eval_metrics(eval_agent, run.data.stats, config, run.sim_settings))
+
+
+def check_nonfinite(guard: NonFiniteGuard, done: int, info: DistInfo) -> None:
+    """Stop on a non-finite update beyond the budget; log when more were skipped."""
+    skipped = guard.check(info)
+    if skipped > guard.reported:
+        log.warning("step %d: %d non-finite update(s) skipped so far (skip_nonfinite_updates=%d)",
+                    done, skipped, guard.budget)
+        guard.reported = skipped
+
+
+def validate(run: Run, done: int, logger: MetricsLogger) -> None:
+    """A validation pass with the EMA (or trained) weights: logged, and one line on the console."""
+    config, state = run.config, run.state
+    eval_agent = state.ema.module if state.ema is not None else state.agent
+    batches = iterate_validation(run.data.val, config.data, config.val_batch_size,
+                                 seed=config.seed, max_batches=config.eval_batches)
+    metrics = evaluate(eval_agent, batches, seed=config.seed, info=run.info,
+                       amp_dtype=run.amp_dtype)
+    logger.log(done, {f"validation/{k}": v for k, v in metrics.items()})
+    shown = [f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if k.endswith("loss") or k == "mse"]
+    if shown:
+        log.info("step %d validation: %s", done, ", ".join(shown))
+
+
+def closed_loop_settings(config: TrainConfig) -> Any:
+    """The run's Meta-World evaluation settings, or None: ``sim`` (and its extra) is imported
+    only when ``sim_eval.interval > 0``."""
+    if not config.sim_eval.interval:
+        return None
+    from bridge_torch.sim.training import sim_eval_settings
+
+    return sim_eval_settings(config)
+
+
+def report_artefacts(run_dir: Path) -> None:
+    """Name every file the run wrote, so nobody has to guess where its outputs went."""
+    checkpoints = [p.name for p in runs.list_checkpoints(run_dir)]
+    listing = {
+        "checkpoints": ", ".join(checkpoints) if checkpoints else "none",
+        "metrics": runs.METRICS_FILE,
+        "config": f"{runs.CONFIG_YAML}, {runs.CONFIG_JSON}",
+        "statistics": runs.STATS_FILE,
+        "parameters": runs.SUMMARY_FILE,
+        "status": runs.STATUS_FILE,
+    }
+    log.info("run directory %s:\n%s", run_dir,
+             "\n".join(f"  {name:12s} {files}" for name, files in listing.items()))
 
 
 def train_step(
     state: TrainState, batch: dict, amp_dtype: torch.dtype | None, max_grad_norm: float | None
 ) -> dict[str, torch.Tensor]:
-    """One optimizer update; returns detached 0-dim metric tensors, with no host sync of its
-    own (only the float16 GradScaler reads its overflow flag on the host).
+    """One optimizer update, skipped if non-finite; returns detached 0-dim metric tensors
+    (``grad_norm``: before clipping), with no host sync of its own on CUDA (only the float16
+    GradScaler reads its overflow flag on the host, with a non-fused optimizer).
 
     Order matters: autocast wraps only the forward/loss (backward and the optimizer step run
     outside it); the forward goes THROUGH ``state.model`` — the compiled / DDP-wrapped agent —
     because DDP all-reduces gradients only for its own forward (calling the inner module would
-    leave the ranks unsynchronised); gradients are unscaled before clipping so the threshold
-    applies to true values.
+    leave the ranks unsynchronised); gradients are unscaled before the norm and the clip so both
+    see true values.
     """
     device_type = batch[ACTIONS].device.type
     with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
         loss, metrics = state.model(batch)  # Agent.forward == Agent.loss
     state.optimizer.zero_grad(set_to_none=True)
-    state.scaler.scale(loss).backward()
-    metrics = {"loss": loss.detach(), **metrics}
+    loss_ok = torch.isfinite(loss.detach())
+    # x1 keeps every value bit-identical; xinf makes every gradient non-finite, on every rank
+    # once DDP has all-reduced them, so all ranks skip that update alike (see apply_update).
+    state.scaler.scale(loss * torch.where(loss_ok, 1.0, math.inf)).backward()
+    state.scaler.unscale_(state.optimizer)  # a no-op unless the float16 scaler is on
+    params = list(state.agent.parameters())
     if max_grad_norm is not None:
-        state.scaler.unscale_(state.optimizer)
-        metrics["grad_norm"] = nn.utils.clip_grad_norm_(state.agent.parameters(), max_grad_norm)
-    state.scaler.step(state.optimizer)  # skipped if float16 gradients overflowed
+        grad_norm = nn.utils.clip_grad_norm_(params, max_grad_norm)
+    else:
+        grad_norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    metrics = {"loss": loss.detach(), **metrics, "grad_norm": grad_norm.detach()}
+    fault = apply_update(state, grad_norm, loss_ok)
     state.scaler.update()
     state.scheduler.step()  # per update: the LR is a function of the update index
     if state.ema is not None:
-        state.ema.update(state.agent)
+        state.ema.update(state.agent)  # after a skipped update it moves toward unchanged weights
+    if state.guard is not None:
+        state.guard.record(fault, metrics)
     return metrics
 
 
-def split_batch(global_batch: int, info: DistInfo) -> int:
-    """The per-rank share of the global batch (JAX shards its batch the same way)."""
-    if global_batch % info.world_size:
-        raise ValueError(
-            f"batch_size={global_batch} is not divisible by the world size {info.world_size}"
-        )
-    return global_batch // info.world_size
+def apply_update(state: TrainState, grad_norm: torch.Tensor,
+                 loss_ok: torch.Tensor) -> torch.Tensor:
+    """Step the optimizer unless the update is non-finite; return that verdict (0-dim bool).
 
-
-def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16/fp16 autocast dtype, or None for float32: AMP defaults to on for CUDA, off on CPU."""
-    enabled = config.amp.enabled if config.amp.enabled is not None else device.type == "cuda"
-    return AMP_DTYPES[config.amp.dtype] if enabled else None
-
-
-def configure_backends(config: TrainConfig, device: torch.device) -> None:
-    """Process-wide CUDA math settings of a run: TF32 for its float32 matmuls and convolutions
-    (the JAX original's default precision on Ampere and later)."""
-    if device.type == "cuda" and config.amp.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-
-def wrap_model(
-    agent: nn.Module, config: TrainConfig, info: DistInfo, device: torch.device
-) -> nn.Module:
-    """build -> to(device) -> compile -> DDP. The caller keeps ``agent`` (the raw module) for
-    the EMA, checkpoints and validation, so no saved key ever carries a wrapper prefix."""
-    model = agent
-    if config.compile.enabled:
-        model = torch.compile(
-            model, backend=config.compile.backend, mode=config.compile.mode,
-            dynamic=config.compile.dynamic, fullgraph=config.compile.fullgraph,
-        )
-    if info.is_distributed:
-        model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=config.ddp.find_unused_parameters,
-            gradient_as_bucket_view=True,  # grads live in the all-reduce buckets: no copy
-        )
-    return model
+    float16: the GradScaler skips updates whose gradients overflowed — routine for a loss scale,
+    not a fault — so only a non-finite loss counts. Otherwise a non-finite gradient norm is the
+    fault (a non-finite loss on any rank implies one, see train_step). A fused optimizer (CUDA)
+    takes the verdict as its ``found_inf`` input, as from the GradScaler, and masks the update on
+    the device: no host sync. Others are skipped by a host read, free on the CPU.
+    """
+    if state.scaler.is_enabled():
+        state.scaler.step(state.optimizer)
+        return ~loss_ok
+    fault = ~torch.isfinite(grad_norm)
+    if getattr(state.optimizer, "_step_supports_amp_scaling", False):
+        state.optimizer.found_inf = fault.float()
+        try:
+            state.optimizer.step()
+        finally:
+            del state.optimizer.found_inf
+    elif not fault.item():
+        state.optimizer.step()
+    return fault
 
 
 @hydra.main(version_base="1.3", config_path="pkg://bridge_torch.conf", config_name="config")

@@ -6,6 +6,7 @@ to W&B when ``wandb.mode`` is not "disabled". W&B is an optional extra, imported
 """
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +19,33 @@ from bridge_torch.train.config import WandbConfig
 from bridge_torch.train.distributed import DistInfo, all_reduce_sum
 from bridge_torch.train.runs import METRICS_FILE
 
+log = logging.getLogger(__name__)
+
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """All log events of a run, in order."""
+    """All log events of a run, in order.
+
+    A line that is not a whole event (a write cut short by a crash or power loss, which can also
+    leave NUL bytes) is dropped with a warning naming the file and line: one torn line must not
+    make the run's history, and so its resume, unreadable.
+    """
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    events = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            event = None
+        if not isinstance(event, dict) or not isinstance(event.get("step"), int):
+            log.warning("%s line %d is not a complete event (a write cut short?): dropped",
+                        path, number)
+            continue
+        events.append(event)
+    return events
 
 
 class MetricsLogger:

@@ -22,7 +22,7 @@ from bridge_torch.data.datasets import open_sub_datasets, training_statistics
 from bridge_torch.data.sampler import TrainingData
 from bridge_torch.data.store import PackedStore
 from bridge_torch.data.store_checks import check_statistics
-from bridge_torch.train import checkpoint, runs
+from bridge_torch.train import runs
 from bridge_torch.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -84,10 +84,8 @@ def _resume_layout(config: TrainConfig) -> DataLayout | None:
     """The layout of the checkpoint a resumed run continues from (None for a fresh run)."""
     if config.resume is None:
         return None
-    path = runs.latest_checkpoint(Path(config.resume))
-    if path is None:
-        return None
-    return DataLayout.of_checkpoint(checkpoint.load(path), str(path))
+    path, state = runs.load_latest(Path(config.resume))
+    return DataLayout.of_checkpoint(state, str(path))
 
 
 def _check_given_stats(stats: dict, store: PackedStore, source: str) -> None:
@@ -103,8 +101,9 @@ def load_run_data(config: TrainConfig, device: torch.device, stats: dict | None 
 
     Args:
         stats: statistics to normalise with (a resumed run's); None = compute from the train split.
-        expected: the layout a trained model needs (evaluation); on resume it is read from the
-            run's latest checkpoint.
+        expected: the layout a trained model needs (evaluation; the training loop passes its
+            resumed checkpoint's); on resume without it, read from the run's newest loadable
+            checkpoint.
     """
     expected = expected or _resume_layout(config)
     allow_pickle = False if config.resume is not None and config.data.allow_pickle is None \

@@ -7,6 +7,7 @@ too. Only rank 0 writes; the other ranks wait at a barrier so nobody races ahead
 """
 
 import logging
+import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from bridge_torch.train import checkpoint, runs
 from bridge_torch.train.config import TrainConfig, to_container, to_yaml
 from bridge_torch.train.distributed import DistInfo, barrier, broadcast_object, gather_objects
 from bridge_torch.train.ema import EMA
+from bridge_torch.train.nonfinite import NonFiniteGuard
 from bridge_torch.train.run_data import RunData
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ class TrainState:
     scaler: torch.amp.GradScaler
     sampler: Any  # data.sampler.TransitionSampler
     augmenter: Any  # data.augment.Augmenter
+    guard: NonFiniteGuard | None = None  # counts non-finite updates (None: not counted)
 
 
 def seed_everything(seed: int) -> None:
@@ -78,21 +81,39 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def prepare_run_dir(config: TrainConfig, info: DistInfo) -> Path:
-    """The resumed run's directory, or a fresh unique one chosen by rank 0 and shared."""
+def prepare_run_dir(config: TrainConfig, info: DistInfo) -> tuple[Path, runs.RunLock | None]:
+    """The resumed run's directory, or a fresh unique one chosen by rank 0 and shared, with the
+    run's lock (held by rank 0, None on the other ranks) taken before anything in it changes."""
     if config.resume is not None:
         run_dir = Path(config.resume)
         if runs.latest_checkpoint(run_dir) is None:
             raise FileNotFoundError(f"resume={config.resume}: no ckpt_<step>.pt to resume from")
+        lock = lock_run_dir(run_dir, info)
         for partial in runs.remove_partial(run_dir) if info.is_main else []:
             log.warning("removed %s, left by a checkpoint write that was interrupted", partial)
-        return run_dir
+        return run_dir, lock
     run_dir = None
     if info.is_main:
         root = Path(config.save_dir).expanduser().resolve() / runs.PROJECT_DIR
         run_dir = root / runs.make_run_id(config.run_name)
         run_dir.mkdir(parents=True)  # never exist_ok: two runs must not share a directory
-    return broadcast_object(run_dir, info)
+    run_dir = broadcast_object(run_dir, info)
+    return run_dir, lock_run_dir(run_dir, info)
+
+
+def lock_run_dir(run_dir: Path, info: DistInfo) -> runs.RunLock | None:
+    """Rank 0 takes the run's lock; its refusal reaches every rank, so the job stops as one."""
+    lock, refusal = None, None
+    if info.is_main:
+        lock = runs.RunLock(run_dir)
+        try:
+            lock.acquire()
+        except runs.RunLockedError as err:
+            lock, refusal = None, str(err)
+    refusal = broadcast_object(refusal, info)
+    if refusal is not None:
+        raise runs.RunLockedError(refusal)
+    return lock
 
 
 def write_run_files(run_dir: Path, config: TrainConfig, stats: dict, summary: dict) -> None:
@@ -149,6 +170,7 @@ def save_training_state(
             "sampler": [rank_state["sampler"] for rank_state in per_rank],
             "augmenter": [rank_state["augmenter"] for rank_state in per_rank],
             "param_checksums": checksums,
+            "nonfinite_skipped": int(state.guard.skipped) if state.guard is not None else 0,
         })
         runs.prune(run_dir, config.keep_last)
     barrier(info)
@@ -156,19 +178,21 @@ def save_training_state(
 
 
 def restore_training_state(
-    state: TrainState, saved: dict[str, Any], info: DistInfo, device: torch.device
+    state: TrainState, saved: dict[str, Any], info: DistInfo, device: torch.device, source: str
 ) -> int:
-    """Load a checkpoint into the freshly built state; return the step to continue from.
+    """Load a checkpoint (named ``source`` in errors) into the freshly built state; return the
+    step to continue from.
 
     With the same world size every rank gets back its own streams and the run continues exactly;
     with a different one the weights and optimizer carry over and the streams start afresh.
     """
-    checkpoint.load_module_state(state.agent, saved["model"], source="checkpoint [model]")
+    checkpoint.load_module_state(state.agent, saved["model"], source=f"{source} [model]")
+    verify_param_checksum(state.agent, saved, source)
     if (state.ema is None) != (saved["ema"] is None):
         raise ValueError("resume: ema.enabled differs from the checkpoint's (it has "
                          f"{'no ' if saved['ema'] is None else ''}EMA weights)")
     if state.ema is not None:
-        checkpoint.load_module_state(state.ema.module, saved["ema"], source="checkpoint [ema]")
+        checkpoint.load_module_state(state.ema.module, saved["ema"], source=f"{source} [ema]")
     state.optimizer.load_state_dict(saved["optimizer"])
     state.scheduler.load_state_dict(saved["scheduler"])
     state.scaler.load_state_dict(saved["scaler"])
@@ -183,3 +207,20 @@ def restore_training_state(
             len(saved["sampler"]), info.world_size,
         )
     return int(saved["step"])
+
+
+def verify_param_checksum(agent: nn.Module, saved: dict[str, Any], source: str) -> None:
+    """Recompute the parameter sum the checkpoint recorded when it was written.
+
+    Why: checkpoints from before the per-tensor digests (``checkpoint.tensor_digests``) have no
+    other check, and a flipped bit must not resume silently. The tolerance only absorbs summation
+    order (another device or thread count); real corruption moves the sum far more.
+    """
+    recorded = saved.get("param_checksums")
+    if not recorded:
+        return
+    actual = param_checksum(agent)
+    if not math.isclose(actual, recorded[0], rel_tol=1e-9, abs_tol=1e-6):
+        raise ValueError(f"{source} is corrupt: its model weights sum to {actual!r}, but "
+                         f"{recorded[0]!r} was recorded when it was written (a flipped bit on "
+                         "disk or in a copy?)")
