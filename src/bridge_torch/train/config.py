@@ -285,7 +285,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.model = typed_model_config(self.algo, self.model)
         check_finite(self)
-        derive_loading(self)
+        derive_loading(self.algo, self.model, self.saliency, self.data)
         positive = ("batch_size", "val_batch_size", "num_steps", "log_interval", "eval_interval",
                     "save_interval")
         for key in positive:

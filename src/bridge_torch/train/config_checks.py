@@ -19,16 +19,13 @@ import logging
 import math
 import re
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bridge_torch.agents import AGENTS, agent_inputs, agent_spec
-
-if TYPE_CHECKING:
-    from bridge_torch.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +62,17 @@ def typed_model_config(algo: str, model: Any) -> Any:
     return OmegaConf.to_object(merged)
 
 
-def derive_loading(config: "TrainConfig") -> None:
+def derive_loading(algo: str, model: Any, saliency: Any, data: Any) -> None:
     """Fill ``data.load_goals`` / ``data.load_saliency`` from what the agent consumes."""
-    inputs = agent_inputs(config.algo, config.model, config.saliency)
+    inputs = agent_inputs(algo, model, saliency)
     for key, needed in (("load_goals", inputs.goal_image), ("load_saliency", inputs.saliency)):
-        given = getattr(config.data, key)
+        given = getattr(data, key)
         if given is not None and given != needed:
             why = ("saliency.enabled" if key == "load_saliency"
-                   else f"algo {config.algo!r} {'reads' if needed else 'never reads'} goals")
+                   else f"algo {algo!r} {'reads' if needed else 'never reads'} goals")
             raise ValueError(f"data.{key}={given} contradicts {why}: it follows the agent, "
                              "drop the override")
-        setattr(config.data, key, needed)
+        setattr(data, key, needed)
 
 
 def _leaves(value: Any, key: str) -> Iterator[tuple[str, Any]]:
