@@ -15,7 +15,6 @@ Checkpoints written before digests existed load unverified.
 
 import hashlib
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from bridge_torch.atomic import os_error, write_atomic
+from bridge_torch.tree import leaves
 
 REQUIRED_KEYS = ("step", "config", "stats", "agent_shapes", "model", "ema")
 DIGESTS_KEY = "tensor_sha256"
@@ -71,18 +71,6 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     return state
 
 
-def _tensors(value: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor in nested dicts/lists/tuples, with its path (``model/encoder.conv.weight``)."""
-    if isinstance(value, torch.Tensor):
-        yield prefix, value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _tensors(item, f"{prefix}/{key}" if prefix else str(key))
-    elif isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            yield from _tensors(item, f"{prefix}/{index}")
-
-
 def _digest(tensor: torch.Tensor) -> str:
     flat = tensor.detach().cpu().contiguous().reshape(-1)
     digest = hashlib.sha256(f"{flat.dtype}{tuple(tensor.shape)}".encode())
@@ -92,7 +80,8 @@ def _digest(tensor: torch.Tensor) -> str:
 
 def tensor_digests(state: dict[str, Any]) -> dict[str, str]:
     """sha256 of each tensor's dtype, shape and bytes, by its path in ``state``."""
-    return {name: _digest(tensor) for name, tensor in _tensors(state)}
+    return {"/".join(map(str, path)): _digest(leaf) for path, leaf in leaves(state)
+            if isinstance(leaf, torch.Tensor)}
 
 
 def verify_digests(path: Path, state: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ import difflib
 import logging
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from hydra.core.override_parser.types import Override
@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bridge_torch.agents import AGENTS, agent_inputs, agent_spec
+from bridge_torch.tree import dotted, leaves
 
 log = logging.getLogger(__name__)
 
@@ -75,25 +76,10 @@ def derive_loading(algo: str, model: Any, saliency: Any, data: Any) -> None:
         setattr(data, key, needed)
 
 
-def _leaves(value: Any, key: str) -> Iterator[tuple[str, Any]]:
-    """Every scalar in a tree of dataclasses, dicts and lists, with its dotted key."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for field in dataclasses.fields(value):
-            yield from _leaves(getattr(value, field.name), f"{key}.{field.name}" if key else
-                               field.name)
-    elif isinstance(value, dict):
-        for name, item in value.items():
-            yield from _leaves(item, f"{key}.{name}" if key else str(name))
-    elif isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            yield from _leaves(item, f"{key}[{index}]")
-    else:
-        yield key, value
-
-
 def check_finite(config: Any) -> None:
     """Raise ``ValueError`` naming the first float setting that is NaN or infinite."""
-    for key, value in _leaves(config, ""):
+    for path, value in leaves(config):
+        key = dotted(path)
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{key}={value}: settings must be finite numbers")
 
@@ -123,7 +109,8 @@ def refuse_unknown_keys(cfg: DictConfig) -> None:
 
 def refuse_resolvers(tree: Any, *, source: str) -> None:
     """Raise ``ValueError`` naming ``source`` and the key of the first resolver interpolation."""
-    for key, value in _leaves(tree, ""):
+    for path, value in leaves(tree):
+        key = dotted(path)
         if isinstance(value, str) and RESOLVER_RE.search(value):
             raise ValueError(
                 f"{source}: {key} = {value!r} calls a resolver (environment or other); a saved "
