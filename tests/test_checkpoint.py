@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -203,3 +204,15 @@ def test_restore_agent_is_strict_about_keys(tmp_path):
     assert "ckpt_6.pt [model]" in message
     assert f"missing keys ['{dropped}']" in message
     assert "unexpected keys ['extra.weight']" in message
+
+
+@pytest.mark.parametrize("content", [b"hello, not a checkpoint\n", bytes(range(256)) * 20,
+                                     Path("/etc/passwd").read_bytes()
+                                     if Path("/etc/passwd").is_file() else b"root:x:0:0"])
+def test_a_file_that_is_not_a_checkpoint_is_named_as_such(tmp_path, content):
+    """Text, random bytes or a system file: one clear error, never a KeyError or IndexError
+    from torch's legacy unpickler, and not reported as 'pickled objects'."""
+    path = tmp_path / "ckpt_1.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="is not a bridge-torch checkpoint: not a PyTorch zip"):
+        checkpoint.load(path)

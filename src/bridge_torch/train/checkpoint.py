@@ -24,6 +24,7 @@ from torch import nn
 from bridge_torch.atomic import os_error, write_atomic
 from bridge_torch.tree import leaves
 
+ZIP_MAGIC = b"PK\x03\x04"  # the first bytes of every file torch.save writes
 REQUIRED_KEYS = ("step", "config", "stats", "agent_shapes", "model", "ema")
 DIGESTS_KEY = "tensor_sha256"
 
@@ -57,6 +58,11 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic != ZIP_MAGIC:  # torch.save writes a zip archive; anything else is not ours
+        raise ValueError(f"{path} is not a bridge-torch checkpoint: not a PyTorch zip archive "
+                         f"(starts with {magic!r}; a text file, random bytes or another format)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:  # torch's advice to retry with weights_only=False: no
