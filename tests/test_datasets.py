@@ -183,3 +183,11 @@ def test_open_sub_datasets_and_statistics(tree):
 
 def test_trajectory_helper_type(tree):
     assert isinstance(open_split(tree / "a" / "t2", "train").trajectory(0), Trajectory)
+
+
+def test_an_empty_data_path_says_so_and_the_root_is_not_counted(tmp_path) -> None:
+    with pytest.raises(ValueError, match="holds no directories: convert data into it first"):
+        resolve_task_dirs(tmp_path, [["**"]], [])
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"matched directories: 2 without a train split"):
+        resolve_task_dirs(tmp_path, [["**"]], [])  # a and a/b; the root itself is no task dir

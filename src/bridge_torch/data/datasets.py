@@ -82,7 +82,7 @@ def _match_pattern(root: Path, pattern: str, exclude: list[str]) -> tuple[list[P
     kept, dropped = [], {"without a train split": 0, "excluded": 0}
     for path in hits:
         if not has_split(path, "train") or _inside_split(path, root):
-            dropped["without a train split"] += 1
+            dropped["without a train split"] += path != root  # "**" matches the root itself
             continue
         rule = _excluded(path, root, exclude)
         if rule is not None:
@@ -125,6 +125,9 @@ def resolve_task_dirs(data_path: Path, include: list[list[str]],
                 dropped_total[key] += count
         if not found:
             why = ", ".join(f"{n} {k}" for k, n in dropped_total.items())
+            if not any(child.is_dir() for child in root.iterdir()):
+                raise ValueError(f"data_path {root} holds no directories: convert data into it "
+                                 "first (bridge-torch-convert --output_path ...)")
             raise ValueError(f"include[{i}] = {list(patterns)} matches no task directory under "
                              f"{root} (a task directory holds train/{LEGACY_FILE} or train/"
                              f"{PACKED_DIR}/{META_FILE}; matched directories: {why})")
