@@ -387,3 +387,22 @@ def test_cli_imports_a_checkpoint_file(tmp_path: Path, capsys: pytest.CaptureFix
     again = ["--config", str(config_path("gc_bc")), "--out", str(tmp_path / "again")]
     assert cli.main([str(tmp_path), *again]) == 1  # a folder without a checkpoint file
     assert "error:" in capsys.readouterr().err and not (tmp_path / "again").exists()
+
+
+def test_an_imported_policy_fine_tunes_with_init_from(runs: dict[str, Path],
+                                                      converted_tree: Path,
+                                                      tmp_path: Path) -> None:
+    """bridge-torch-train ... init_from=<imported run>: the imported weights, a fresh optimizer,
+    the original's normalisation; the first warmup step (lr 0) leaves the weights as imported."""
+    imported = load(runs["gc_bc"] / "ckpt_3.pt")
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge_torch.train", "algo=gc_bc",
+         f"data_path={converted_tree}", f"save_dir={tmp_path}", f"init_from={runs['gc_bc']}",
+         "encoder.num_filters=8", "num_steps=1", "batch_size=4", "val_batch_size=4",
+         "device=cpu", "scheduler.warmup_steps=5"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_dir = Path(result.stdout.strip().splitlines()[-1].removeprefix("run_dir: "))
+    tuned = load(run_dir / "ckpt_1.pt")
+    assert tuned["stats"] == imported["stats"]
+    for name, tensor in imported["model"].items():
+        torch.testing.assert_close(tuned["model"][name], tensor, rtol=0, atol=0, msg=name)

@@ -16,6 +16,8 @@ GRIPPER_OPEN_THRESHOLD = 0.95  # raw gripper above this counts as open (1)
 GRIPPER_CLOSED_THRESHOLD = 0.05  # raw gripper below this counts as closed (0)
 STD_EPSILON = 1e-6  # floor for std so a constant dimension does not normalise to inf
 NORMALIZATION_TYPES = ("normal", "bounds", "none")
+# the statistics each normalisation reads (e.g. an imported JAX policy has no min/max)
+NORMALIZATION_FIELDS = {"normal": ("mean", "std"), "bounds": ("min", "max"), "none": ()}
 
 
 def binarize_gripper(gripper: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ import yaml
 from torch import nn
 
 from bridge_torch.agents import AgentShapes, build_agent
+from bridge_torch.data.actions import NORMALIZATION_FIELDS
 from bridge_torch.data.store_checks import check_statistics
 from bridge_torch.train import checkpoint, runs
 from bridge_torch.train.config import TrainConfig, config_from_container
@@ -47,10 +48,6 @@ def _check_belongs_to_run(run_dir: Path, path: Path, state: dict) -> None:
         if action_dim != run_action_dim:
             raise ValueError(f"{path} has action_dim {action_dim} but the run {run_dir} was "
                              f"trained on {run_action_dim}-dimensional actions (stats.json)")
-
-
-# the statistics each normalisation uses (an imported JAX policy has no min/max)
-NORMALIZATION_FIELDS = {"normal": ("mean", "std"), "bounds": ("min", "max"), "none": ()}
 
 
 def _check_finite(path: Path, state: dict, weights_key: str) -> None:

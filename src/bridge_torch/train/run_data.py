@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from bridge_torch.agents import AgentShapes
+from bridge_torch.data.actions import NORMALIZATION_FIELDS
 from bridge_torch.data.datasets import open_sub_datasets, training_statistics
 from bridge_torch.data.sampler import TrainingData
 from bridge_torch.data.store import PackedStore
@@ -88,11 +89,14 @@ def _resume_layout(config: TrainConfig) -> DataLayout | None:
     return DataLayout.of_checkpoint(state, str(path))
 
 
-def _check_given_stats(stats: dict, store: PackedStore, source: str) -> None:
-    """Statistics from a checkpoint are input too: well formed, finite, of the data's dims."""
+def _check_given_stats(stats: dict, store: PackedStore, source: str, kind: str) -> None:
+    """Statistics from a checkpoint are input too: the fields normalisation ``kind`` reads are
+    well formed, finite and of the data's dimensions."""
+    fields = NORMALIZATION_FIELDS[kind]
     for key, dim in (("actions", store.actions.shape[1]), ("proprio", store.proprio.shape[1])):
         entry = stats.get(key) if isinstance(stats, dict) else None
-        check_statistics(entry, dim, f"{source} stats.{key}", ("mean", "std", "min", "max"))
+        if fields:
+            check_statistics(entry, dim, f"{source} stats.{key}", fields)
 
 
 def load_run_data(config: TrainConfig, device: torch.device, stats: dict | None = None,
@@ -122,7 +126,8 @@ def load_run_data(config: TrainConfig, device: torch.device, stats: dict | None 
     if stats is None:
         stats = training_statistics(train_stores, relabel_actions=config.data.relabel_actions)
     else:
-        _check_given_stats(stats, train_stores[0][0], expected.source if expected else "given")
+        _check_given_stats(stats, train_stores[0][0], expected.source if expected else "given",
+                           config.data.normalization_type)
     train = TrainingData.from_stores(train_stores, stats, config.data, device)
     # sub-datasets only weight training draws: validation keeps every task that has a val split
     val = TrainingData.from_stores(val_stores, stats, config.data, device) if val_stores else None
