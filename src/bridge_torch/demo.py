@@ -13,6 +13,7 @@ policy does not beat the baseline.
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from bridge_torch.agents import AGENTS
 from bridge_torch.cli_errors import CliParser, debug_requested, fail, user_errors
+from bridge_torch.cpu_threads import ENV_VAR as THREADS_ENV
 from bridge_torch.cpu_threads import configure_cpu_threads
 from bridge_torch.data.sources.convert import (
     ALREADY_DONE,
@@ -93,8 +95,11 @@ def train(algo: str, data: Path, runs: Path, steps: int, seed: int) -> Path:
     """Run the real ``bridge-torch-train`` CLI; returns the run directory it printed."""
     overrides = demo_overrides(algo, data, runs, steps, seed)
     _stage(f"training {algo} for {steps} steps: bridge-torch-train {' '.join(overrides)}")
+    # One training thread unless the user says otherwise: the table is then the same on every
+    # run (float sums depend on the thread count), and a busy machine does not slow it 10x.
+    env = {**os.environ, THREADS_ENV: os.environ.get(THREADS_ENV, "1")}
     result = subprocess.run([sys.executable, "-m", "bridge_torch.train", *overrides],
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True, env=env)
     if result.returncode != 0:  # its own error line is already on stderr
         fail("bridge-torch-demo", f"training {algo} failed (exit status {result.returncode})")
     last = result.stdout.strip().splitlines()[-1]
