@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import re
+import sys
 
 import pytest
 
@@ -61,3 +62,42 @@ def test_resume_drops_events_after_the_checkpoint(tmp_path):
 def test_wandb_without_the_extra_says_how_to_install(tmp_path):
     with pytest.raises(ImportError, match=r"pip install bridge-torch\[wandb\]"):
         MetricsLogger(tmp_path, WandbConfig(mode="offline"), enabled=True, config={})
+
+
+class FakeWandbRun:
+    """What W&B's ``wandb.init`` returns, recording what the logger sends."""
+
+    def __init__(self) -> None:
+        self.logged: list[tuple[dict, int | None]] = []
+        self.finished = False
+
+    def log(self, payload: dict, step: int | None = None) -> None:
+        self.logged.append((payload, step))
+
+    def finish(self) -> None:
+        self.finished = True
+
+
+def test_wandb_receives_the_metrics_and_the_loss_curve_figure(tmp_path, monkeypatch):
+    """A stand-in ``wandb`` module: W&B gets every event and, at the end, the loss-curve figure
+    (the same one ``bridge-torch-eval --loss-plot`` draws), as an image."""
+    from PIL import Image
+
+    run = FakeWandbRun()
+    fake = type(sys)("wandb")
+    fake.init = lambda **kwargs: run
+    fake.Image = lambda image: ("wandb.Image", image)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    logger = MetricsLogger(tmp_path, WandbConfig(mode="offline"), enabled=True, config={})
+    for step, loss in ((1, 7.5), (2, 7.1)):
+        logger.log(step, {"training/loss": loss, "training/actor_loss": loss,
+                          "training/lr": 1e-4 * step})
+    logger.close()
+    assert run.logged[:2] == [({"training/loss": 7.5, "training/actor_loss": 7.5,
+                                "training/lr": 1e-4}, 1),
+                              ({"training/loss": 7.1, "training/actor_loss": 7.1,
+                                "training/lr": 2e-4}, 2)]
+    (figure, _), = run.logged[2:]
+    kind, image = figure["figures/loss_curves"]
+    assert kind == "wandb.Image" and isinstance(image, Image.Image) and image.mode == "RGB"
+    assert image.width > 400 and image.height > 200 and run.finished

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 
 from bridge_torch.atomic import write_atomic
 
@@ -43,6 +44,12 @@ def save_png(figure: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda handle: figure.savefig(handle, format="png", dpi=DPI))
     return path
+
+
+def to_image(figure: Figure) -> Image.Image:
+    """The figure rendered as an RGB PIL image (what W&B logs), without touching the disk."""
+    figure.canvas.draw()
+    return Image.fromarray(np.asarray(figure.canvas.buffer_rgba())[..., :3].copy())
 
 
 def _series(events: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:

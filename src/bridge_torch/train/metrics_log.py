@@ -91,7 +91,19 @@ class MetricsLogger:
         if self._file is not None:
             self._file.close()
         if self._wandb_run is not None:
+            self._log_figures()
             self._wandb_run.finish()
+
+    def _log_figures(self) -> None:
+        """The run's loss curves, the same figure ``bridge-torch-eval --loss-plot`` draws."""
+        import wandb  # present: the run was started with it
+
+        from bridge_torch.plots import loss_figure, to_image
+
+        events = read_metrics(self.path.parent)
+        if events:
+            figure = loss_figure({self.path.parent.name: events}, title=self.path.parent.name)
+            self._wandb_run.log({"figures/loss_curves": wandb.Image(to_image(figure))})
 
 
 @dataclass
