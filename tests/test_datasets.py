@@ -186,7 +186,7 @@ def test_trajectory_helper_type(tree):
 
 
 def test_an_empty_data_path_says_so_and_the_root_is_not_counted(tmp_path) -> None:
-    with pytest.raises(ValueError, match="holds no directories: convert data into it first"):
+    with pytest.raises(ValueError, match="holds no directories; convert data into it first"):
         resolve_task_dirs(tmp_path, [["**"]], [])
     (tmp_path / "a" / "b").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"matched directories: 2 without a train split"):

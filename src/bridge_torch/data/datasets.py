@@ -126,7 +126,8 @@ def resolve_task_dirs(data_path: Path, include: list[list[str]],
         if not found:
             why = ", ".join(f"{n} {k}" for k, n in dropped_total.items())
             if not any(child.is_dir() for child in root.iterdir()):
-                raise ValueError(f"data_path {root} holds no directories: convert data into it "
+                raise ValueError(f"include[{i}] = {list(patterns)} matches no task directory: "
+                                 f"data_path {root} holds no directories; convert data into it "
                                  "first (bridge-torch-convert --output_path ...)")
             raise ValueError(f"include[{i}] = {list(patterns)} matches no task directory under "
                              f"{root} (a task directory holds train/{LEGACY_FILE} or train/"
