@@ -116,10 +116,11 @@ def resolve_task_dirs(data_path: Path, include: list[list[str]],
     for i, patterns in enumerate(include):
         found: set[Path] = set()
         dropped_total = {"without a train split": 0, "excluded": 0}
+        unmatched = []
         for pattern in patterns:
             kept, dropped = _match_pattern(root, pattern, list(exclude))
             if not kept:
-                log.warning("include pattern %r matched no task directory under %s", pattern, root)
+                unmatched.append(pattern)
             found.update(kept)
             for key, count in dropped.items():
                 dropped_total[key] += count
@@ -132,6 +133,8 @@ def resolve_task_dirs(data_path: Path, include: list[list[str]],
             raise ValueError(f"include[{i}] = {list(patterns)} matches no task directory under "
                              f"{root} (a task directory holds train/{LEGACY_FILE} or train/"
                              f"{PACKED_DIR}/{META_FILE}; matched directories: {why})")
+        for pattern in unmatched:  # the group matched something: a pattern that did not is odd
+            log.warning("include pattern %r matched no task directory under %s", pattern, root)
         groups.append(sorted(found))
     return groups
 
