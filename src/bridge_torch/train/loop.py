@@ -18,10 +18,10 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import hydra
 import torch
@@ -81,7 +81,7 @@ class Run:
     run_dir: Path
     batch_per_rank: int
     amp_dtype: torch.dtype | None
-    sim_settings: Any  # sim.training settings, or None when sim_eval is off
+    sim_eval: Callable[[nn.Module, dict], dict] | None  # (agent, stats) -> sim/* metrics
     data: RunData | None = None
     state: TrainState | None = None
     summary: dict | None = None
@@ -96,11 +96,11 @@ def train(config: TrainConfig) -> Path:
     device = distributed.resolve_device(config.device, info)
     distributed.init_process_group(info, device, config.ddp.timeout_s)
     batch_per_rank = split_batch(config.batch_size, info)  # config errors before any directory
-    amp_dtype, sim_settings = autocast_dtype(config, device), closed_loop_settings(config)
+    amp_dtype, sim_eval = autocast_dtype(config, device), closed_loop_evaluator(config)
     configure_backends(config, device)
     try:
         run_dir, lock = prepare_run_dir(config, info)
-        run = Run(config, info, device, run_dir, batch_per_rank, amp_dtype, sim_settings)
+        run = Run(config, info, device, run_dir, batch_per_rank, amp_dtype, sim_eval)
         status = runs.StatusRecorder(run_dir, enabled=info.is_main)
         with lock or nullcontext(), status:  # the status is final before the lock goes
             start_run(run, status)
@@ -176,7 +176,7 @@ def after_update(run: Run, done: int, logger: MetricsLogger,
     last = done == config.num_steps
     saving = done % config.save_interval == 0 or last
     evaluating = run.data.val is not None and (done % config.eval_interval == 0 or last)
-    sim_due = run.sim_settings is not None and (done % config.sim_eval.interval == 0 or last)
+    sim_due = run.sim_eval is not None and (done % config.sim_eval.interval == 0 or last)
     # The guard's counters live on the device; reading them is a host sync, so on CUDA it happens
     # only where the loop syncs anyway (log steps, whose metrics were just read) and before
     # anything that would use the weights; on the CPU a read is free, so after every update.
@@ -191,10 +191,8 @@ def after_update(run: Run, done: int, logger: MetricsLogger,
     if evaluating:
         validate(run, done, logger)
     if sim_due and info.is_main:  # closed loop, main rank only (one renderer)
-        from bridge_torch.sim.training import sim_eval_metrics  # imported only when asked for
-
         eval_agent = run.state.ema.module if run.state.ema is not None else run.state.agent
-        logger.log(done, sim_eval_metrics(eval_agent, run.data.stats, config, run.sim_settings))
+        logger.log(done, run.sim_eval(eval_agent, run.data.stats))
 
 
 def check_nonfinite(guard: NonFiniteGuard, done: int, info: DistInfo) -> None:
@@ -220,14 +218,15 @@ def validate(run: Run, done: int, logger: MetricsLogger) -> None:
         log.info("step %d validation: %s", done, ", ".join(shown))
 
 
-def closed_loop_settings(config: TrainConfig) -> Any:
-    """The run's Meta-World evaluation settings, or None: ``sim`` (and its extra) is imported
-    only when ``sim_eval.interval > 0``."""
+def closed_loop_evaluator(config: TrainConfig) -> Callable[[nn.Module, dict], dict] | None:
+    """``(agent, stats) -> sim/* metrics`` on Meta-World, resolved at start-up (a missing extra
+    fails here), or None: ``sim`` is imported only when ``sim_eval.interval > 0``."""
     if not config.sim_eval.interval:
         return None
-    from bridge_torch.sim.training import sim_eval_settings
+    from bridge_torch.sim.training import sim_eval_metrics, sim_eval_settings
 
-    return sim_eval_settings(config)
+    settings = sim_eval_settings(config)
+    return lambda agent, stats: sim_eval_metrics(agent, stats, config, settings)
 
 
 def report_artefacts(run_dir: Path) -> None:
