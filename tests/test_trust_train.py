@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ from bridge_torch.train.metrics_log import read_metrics
 from bridge_torch.train.nonfinite import NonFiniteGuard, NonFiniteTraining
 from bridge_torch.train.state import TrainState
 from helpers import dead_writer_temporary, free_port
-from trust_helpers import copy_run, finished_run, only_run, run, status
+from trust_helpers import TINY, copy_run, finished_run, only_run, run, status
 
 
 @pytest.fixture(scope="module")
@@ -296,6 +297,34 @@ def test_ctrl_c_during_training_marks_the_run_interrupted_and_releases_it(
     assert {k: status(run_dir)[k] for k in ("state", "step", "checkpoint")} == {
         "state": "interrupted", "step": 2, "checkpoint": 2}
     assert (run_dir / runs.LOCK_FILE).read_text() == ""
+
+
+def test_sigterm_during_training_unwinds_like_ctrl_c_and_exits_143(converted_tree, tmp_path):
+    """A scheduler's SIGTERM: the status says interrupted at the last update, the lock is free,
+    no temporary is left, one error line names the way back (resume), exit status 128 + 15."""
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "bridge_torch.train", f"data_path={converted_tree}",
+         f"save_dir={tmp_path}", *TINY, "num_steps=100000", "save_interval=2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not list(tmp_path.glob("*/*/ckpt_2.pt")):
+            assert trainer.poll() is None, trainer.communicate()[1]
+            time.sleep(0.2)
+        trainer.send_signal(signal.SIGTERM)
+        _, stderr = trainer.communicate(timeout=120)
+    finally:
+        trainer.kill()
+    assert trainer.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "bridge-torch-train: error: stopped by SIGTERM; the run can continue with "
+        "resume=<run dir>")
+    run_dir = only_run(tmp_path)
+    recorded = status(run_dir)
+    assert recorded["state"] == "interrupted" and recorded["error"] == "Terminated: stopped by " \
+        "SIGTERM" and recorded["checkpoint"] >= 2 and recorded["step"] >= recorded["checkpoint"]
+    assert (run_dir / runs.LOCK_FILE).read_text() == ""
+    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".")]
 
 
 # ---- 5. a run directory that says its state ---------------------------------------------------

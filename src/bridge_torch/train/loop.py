@@ -38,6 +38,7 @@ from bridge_torch.cli_errors import (
     USAGE_STATUS,
     carry_errors,
     dataclass_keys,
+    fail,
     run_hydra_app,
 )
 from bridge_torch.cpu_threads import configure_cpu_threads
@@ -66,6 +67,7 @@ from bridge_torch.train.state import (
     save_training_state,
     write_run_files,
 )
+from bridge_torch.train.termination import EXIT_STATUS, Terminated, sigterm_unwinds
 from bridge_torch.train.validation import evaluate
 
 log = logging.getLogger(__name__)
@@ -98,15 +100,16 @@ def train(config: TrainConfig) -> Path:
     batch_per_rank = split_batch(config.batch_size, info)  # config errors before any directory
     amp_dtype, sim_eval = autocast_dtype(config, device), closed_loop_evaluator(config)
     configure_backends(config, device)
-    try:
-        run_dir, lock = prepare_run_dir(config, info)
-        run = Run(config, info, device, run_dir, batch_per_rank, amp_dtype, sim_eval)
-        status = runs.StatusRecorder(run_dir, enabled=info.is_main)
-        with lock or nullcontext(), status:  # the status is final before the lock goes
-            start_run(run, status)
-            fit(run, status)
-    finally:
-        distributed.destroy_process_group()
+    with sigterm_unwinds():
+        try:
+            run_dir, lock = prepare_run_dir(config, info)
+            run = Run(config, info, device, run_dir, batch_per_rank, amp_dtype, sim_eval)
+            status = runs.StatusRecorder(run_dir, enabled=info.is_main)
+            with lock or nullcontext(), status:  # the status is final before the lock goes
+                start_run(run, status)
+                fit(run, status)
+        finally:
+            distributed.destroy_process_group()
     if info.is_main:
         report_artefacts(run_dir)
     return run_dir
@@ -324,7 +327,11 @@ def main() -> None:
     a user error ends it with one ``error:`` line (``HYDRA_FULL_ERROR=1``: the traceback)."""
     register_configs()
     sys.argv[1:] = port_compat.translate_train_argv(sys.argv[1:])  # the earlier port's spellings
-    run_hydra_app(hydra_main, "bridge-torch-train", dataclass_keys(TrainConfig))
+    try:
+        run_hydra_app(hydra_main, "bridge-torch-train", dataclass_keys(TrainConfig))
+    except Terminated as stop:
+        fail("bridge-torch-train", f"{stop}; the run can continue with resume=<run dir>",
+             EXIT_STATUS)
 
 
 if __name__ == "__main__":
