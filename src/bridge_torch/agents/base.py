@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from bridge_torch.agents.encoding import EncodingConfig
+from bridge_torch.agents.encoding import EncodingConfig, ObservationEncoder
 from bridge_torch.batch import (
     ACTIONS,
     GOALS,
@@ -28,6 +28,7 @@ from bridge_torch.batch import (
     BatchInputs,
     action_name,
 )
+from bridge_torch.models.resnet import EncoderConfig
 from bridge_torch.models.saliency import SaliencyConfig, predicted_mask, saliency_loss
 
 Batch = dict[str, Any]
@@ -142,3 +143,16 @@ class Agent(nn.Module):
             loss = loss + self.saliency.weight * reg
         metrics["total_loss"] = loss.detach()
         return loss
+
+
+class EncodedAgent(Agent):
+    """An agent whose network starts with the bridge observation (and goal) encoder: ``cfg`` is
+    its model config, ``encoder`` the :class:`ObservationEncoder` built from it (first, so the
+    parameter order and the random initialisation are the same for every such agent)."""
+
+    def __init__(self, model: EncodingConfig, encoder: EncoderConfig, saliency: SaliencyConfig,
+                 shapes: AgentShapes) -> None:
+        super().__init__(model, saliency, shapes)
+        self.cfg = model
+        self.encoder = ObservationEncoder(model, encoder, shapes,
+                                          goal_conditioned=self.goal_conditioned)

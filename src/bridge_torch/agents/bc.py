@@ -11,8 +11,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from bridge_torch.agents.base import Agent, AgentShapes, Batch, Metrics, standard_normal
-from bridge_torch.agents.encoding import EncodingConfig, ObservationEncoder
+from bridge_torch.agents.base import AgentShapes, Batch, EncodedAgent, Metrics, standard_normal
+from bridge_torch.agents.encoding import EncodingConfig
 from bridge_torch.batch import ACTIONS, GOALS, OBSERVATIONS
 from bridge_torch.models.mlp import MLP, xavier_linear
 from bridge_torch.models.resnet import EncoderConfig
@@ -92,17 +92,14 @@ def gaussian_log_prob(actions: torch.Tensor, mean: torch.Tensor, std: torch.Tens
     return log_prob.flatten(1).sum(1)
 
 
-class BCAgent(Agent):
+class BCAgent(EncodedAgent):
     """Behaviour cloning from the observation alone (goals in the batch are ignored)."""
 
     goal_conditioned = False
 
     def __init__(self, model: BCConfig, encoder: EncoderConfig, saliency: SaliencyConfig,
                  shapes: AgentShapes) -> None:
-        super().__init__(model, saliency, shapes)
-        self.cfg = model
-        self.encoder = ObservationEncoder(model, encoder, shapes,
-                                          goal_conditioned=self.goal_conditioned)
+        super().__init__(model, encoder, saliency, shapes)
         self.mlp = MLP(self.encoder.out_dim, model.hidden_dims, activate_final=True,
                        use_layer_norm=model.use_layer_norm, dropout_rate=model.dropout_rate)
         self.head = GaussianHead(self.mlp.out_dim, model, action_dim=shapes.action_dim,

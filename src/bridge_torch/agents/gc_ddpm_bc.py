@@ -12,8 +12,8 @@ from typing import Optional
 
 import torch
 
-from bridge_torch.agents.base import Agent, AgentShapes, Batch, Metrics, standard_normal
-from bridge_torch.agents.encoding import EncodingConfig, ObservationEncoder
+from bridge_torch.agents.base import AgentShapes, Batch, EncodedAgent, Metrics, standard_normal
+from bridge_torch.agents.encoding import EncodingConfig
 from bridge_torch.batch import ACTIONS, GOALS, OBSERVATIONS
 from bridge_torch.models.diffusion import BETA_SCHEDULES, ScoreNetwork, beta_schedule
 from bridge_torch.models.resnet import EncoderConfig
@@ -52,18 +52,15 @@ class GCDDPMBCConfig(EncodingConfig):
                              "required")
 
 
-class GCDDPMBCAgent(Agent):
+class GCDDPMBCAgent(EncodedAgent):
     """Goal-conditioned DDPM behaviour cloning."""
 
     goal_conditioned = True
 
     def __init__(self, model: GCDDPMBCConfig, encoder: EncoderConfig, saliency: SaliencyConfig,
                  shapes: AgentShapes) -> None:
-        super().__init__(model, saliency, shapes)
-        self.cfg = model
+        super().__init__(model, encoder, saliency, shapes)
         self.action_shape = (shapes.act_pred_horizon, shapes.action_dim)
-        self.encoder = ObservationEncoder(model, encoder, shapes,
-                                          goal_conditioned=self.goal_conditioned)
         self.score = ScoreNetwork(self.encoder.out_dim, shapes.act_pred_horizon * shapes.action_dim,
                                   time_dim=model.time_dim, num_blocks=model.num_blocks,
                                   width=model.score_width, dropout_rate=model.dropout_rate,

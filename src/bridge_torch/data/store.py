@@ -296,6 +296,9 @@ class PackedStore:
         count = int(self.meta["num_trajectories"])
         image, proprio_dim, action_dim = (*self.image_size, 3), self.meta["proprio_dim"], \
             self.meta["action_dim"]
+        # sizes as the metadata states them; the arrays are checked against them when loaded
+        self.num_frames, self.num_transitions, self.num_trajectories = frames, actions, count
+        self.action_dim, self.proprio_dim = int(action_dim), int(proprio_dim)
         self._frames = {c: self._load(f"frames_{c}", np.uint8, (frames, *image))
                         for c in self.cameras}
         self.proprio = self._load("proprio", np.float32, (frames, proprio_dim))
@@ -314,18 +317,6 @@ class PackedStore:
         self.stats: dict[str, Any] = self.meta["stats"]
         self._check_index()
         self._check_values()
-
-    @property
-    def num_trajectories(self) -> int:
-        return int(self.traj_length.shape[0])
-
-    @property
-    def num_transitions(self) -> int:
-        return int(self.actions.shape[0])
-
-    @property
-    def num_frames(self) -> int:
-        return int(self.proprio.shape[0])
 
     def frames(self, camera: str = "images0") -> np.ndarray:
         """uint8 (N, H, W, 3) memory-mapped frames of one camera."""

@@ -163,22 +163,8 @@ class TrainingData:
         self.traj_sub_dataset = arrays["traj_sub_dataset"]
         self.traj_has_saliency = arrays["traj_has_saliency"]
         self.sub_dataset_traj_start = sub_dataset_traj_start
-
-    @property
-    def action_dim(self) -> int:
-        return int(self.actions.shape[1])
-
-    @property
-    def proprio_dim(self) -> int:
-        return int(self.proprio.shape[1])
-
-    @property
-    def num_transitions(self) -> int:
-        return int(self.actions.shape[0])
-
-    @property
-    def num_trajectories(self) -> int:
-        return int(self.traj_length.shape[0])
+        self.num_transitions, self.num_trajectories = len(self.actions), len(self.traj_length)
+        self.action_dim, self.proprio_dim = self.actions.shape[1], self.proprio.shape[1]
 
     @property
     def num_sub_datasets(self) -> int:

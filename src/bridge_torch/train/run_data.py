@@ -64,7 +64,7 @@ def check_layout(expected: DataLayout, stores: list[PackedStore], camera: str, *
     """
     for store in stores:
         found = {"image size": list(store.image_size), "camera": camera,
-                 "action_dim": store.actions.shape[1], "proprio_dim": store.proprio.shape[1]}
+                 "action_dim": store.action_dim, "proprio_dim": store.proprio_dim}
         wanted = {"image size": [expected.image_size] * 2, "camera": expected.camera,
                   "action_dim": expected.action_dim, "proprio_dim": expected.proprio_dim}
         differ = [f"{key} {found[key]} (trained on {wanted[key]})" for key in wanted
