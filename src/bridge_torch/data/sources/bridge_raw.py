@@ -1,13 +1,13 @@
-"""Reading raw BridgeData into the out.npy trajectory schema.
+"""Reading raw BridgeData: one ``raw/traj_group*/traj*`` folder -> :class:`RawTrajectory`.
 
-:func:`read_trajectory` builds exactly the dict the original converter builds for one
-``raw/traj_group*/traj*`` folder: LANCZOS-squashed frames of every ``images<N>`` camera, lists of
-per-step observation dicts (cameras, ``state``, ``time_stamp``, optional ``saliency``), the raw
-actions, all-zero terminals and the language lines, with the one-frame latency shift for data
-recorded before 2021-07-23. Unlike the original, it checks everything first: anything unexpected
-raises :class:`SkipTrajectory` whose ``reason`` (a short summary key) and ``detail`` (what was
-expected vs found) the converter logs and counts. Layout, latency shift and schema:
-docs/semantics.md, 'Data format and latency shift'.
+:func:`read_trajectory` reads what the original converter reads for one trajectory folder:
+LANCZOS-squashed frames of every ``images<N>`` camera, ``state`` and ``time_stamp``, optional
+``saliency``, the raw actions and the language lines, and notes whether the one-frame latency
+shift for data recorded before 2021-07-23 applies. The result offers the packed store's
+``Trajectory`` and the original's out.npy dict (``raw_trajectory.py``). Unlike the original, it
+checks everything first: anything unexpected raises :class:`SkipTrajectory` whose ``reason`` (a
+short summary key) and ``detail`` (what was expected vs found) the converter logs and counts.
+Layout, latency shift and schema: docs/semantics.md, 'Data format and latency shift'.
 
 The raw format stores ``obs_dict.pkl`` / ``policy_out.pkl`` as pickles, so reading them executes
 pickle: convert only data from your own robot stack.
@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from bridge_torch.data.sources.pickle_guard import refuse_if_forbidden
+from bridge_torch.data.sources.raw_trajectory import RawTrajectory
 
 log = logging.getLogger(__name__)
 CAMERA_DIR = re.compile(r"^images(\d+)$")  # depth_images*, images0_saliency.gif, ... never match
@@ -317,20 +318,12 @@ def read_saliency(traj_dir: Path, steps: int, im_size: int) -> list[np.ndarray]:
     return resized
 
 
-def _per_step(columns: dict[str, Sequence], window: slice) -> list[dict[str, Any]]:
-    """Per-frame sequences -> list of per-step dicts over ``window`` (the original's zip)."""
-    sliced = [column[window] for column in columns.values()]
-    return [dict(zip(columns, values, strict=True)) for values in zip(*sliced, strict=True)]
-
-
 def read_trajectory(traj_dir: Path, *, im_size: int, latency_shift: bool,
-                    saliency: bool) -> dict[str, Any]:
-    """Build one out.npy trajectory dict from a raw ``traj<i>`` folder.
+                    saliency: bool) -> RawTrajectory:
+    """Read one raw ``traj<i>`` folder; the latency shift is applied by the result's views.
 
-    Observations hold frames ``[:-1]`` and next_observations ``[1:]`` of every column, sliced from
-    the stored sequences as the original does (so the pickled out.npy has the same bytes; frames
-    shared by obs t+1 and next_obs t are one object). With ``saliency``, a missing or bad
-    saliency_map.pkl is logged and the trajectory kept without the key.
+    With ``saliency``, a missing or bad saliency_map.pkl is logged and the trajectory kept
+    without saliency.
 
     Raises:
         SkipTrajectory: the trajectory cannot be converted (reason and detail say why).
@@ -347,19 +340,13 @@ def read_trajectory(traj_dir: Path, *, im_size: int, latency_shift: bool,
     state, time_stamp = read_obs_dict(traj_dir, steps)
     actions = read_actions(traj_dir, steps)
     language = read_language(traj_dir)
-    columns: dict[str, Sequence] = {name: read_frames(traj_dir / name, steps, im_size)
-                                    for name in frame_counts}
-    columns["state"], columns["time_stamp"] = state, time_stamp
+    frames = {name: read_frames(traj_dir / name, steps, im_size) for name in frame_counts}
+    maps = None
     if saliency:
         try:
-            columns["saliency"] = read_saliency(traj_dir, steps, im_size)
+            maps = read_saliency(traj_dir, steps, im_size)
         except SaliencyUnavailable as err:
             log.warning("keeping %s without saliency: %s", traj_dir, err)
-    observations = _per_step(columns, slice(None, -1))
-    next_observations = _per_step(columns, slice(1, None))
-    terminals = [0] * len(actions)
-    if latency_shift:  # a_k pairs with the frame captured one step later
-        observations, next_observations = observations[1:], next_observations[1:]
-        actions, terminals = actions[:-1], terminals[:-1]
-    return {"observations": observations, "next_observations": next_observations,
-            "actions": actions, "terminals": terminals, "language": language}
+    return RawTrajectory(frames=frames, state=state, time_stamp=time_stamp, actions=actions,
+                         language=language, saliency=maps, latency_shift=latency_shift,
+                         source=str(traj_dir))

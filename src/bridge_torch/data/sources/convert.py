@@ -64,8 +64,9 @@ from bridge_torch.data.sources.convert_output import (
     reason_lines,
     remove_stale,
 )
-from bridge_torch.data.sources.legacy_numpy import out_dict_to_trajectory, save_out_npy
+from bridge_torch.data.sources.legacy_numpy import save_out_npy
 from bridge_torch.data.sources.pickle_guard import NO_PICKLE_ENV, PickleRefused, pickle_forbidden
+from bridge_torch.data.sources.raw_trajectory import RawTrajectory
 from bridge_torch.data.store import write_json_atomic, write_store
 
 log = logging.getLogger(__name__)
@@ -146,8 +147,8 @@ def split_order(num_trajectories: int, seed: int, key: str) -> np.ndarray:
 
 
 def _read_one(traj_dir: Path, latency_shift: bool, options: ConvertOptions,
-              report: CollectionReport) -> dict[str, Any] | None:
-    """One trajectory's out.npy dict, or None (skip logged and counted)."""
+              report: CollectionReport) -> RawTrajectory | None:
+    """One trajectory as read, or None (skip logged and counted)."""
     try:
         traj = read_trajectory(traj_dir, im_size=options.im_size, latency_shift=latency_shift,
                                saliency=options.saliency)
@@ -159,20 +160,19 @@ def _read_one(traj_dir: Path, latency_shift: bool, options: ConvertOptions,
         report.skip(report.skipped_trajectories, UNEXPECTED, traj_dir,
                     f"{type(err).__name__}: {err}")
         return None
-    first = traj["observations"][0]
-    missing = [c for c in options.cameras if c not in first]
+    missing = [c for c in options.cameras if c not in traj.frames]
     if options.format != "numpy" and missing:
         report.skip(report.skipped_trajectories, MISSING_CAMERA, traj_dir,
                     f"packed stores need cameras {list(options.cameras)}, missing {missing}")
         return None
-    if options.saliency and "saliency" not in first:
+    if options.saliency and traj.saliency is None:
         report.without_saliency += 1
     return traj
 
 
 def _read_dated_folder(folder: Path, collection: Path, options: ConvertOptions,
-                       report: CollectionReport) -> list[tuple[str, Path, dict[str, Any]]]:
-    """(split, trajectory dir, out dict) of every usable trajectory of one dated folder."""
+                       report: CollectionReport) -> list[tuple[str, RawTrajectory]]:
+    """(split, trajectory) of every usable trajectory of one dated folder."""
     try:
         date, trajs = read_dated_folder(folder, folder.relative_to(options.input_path).as_posix())
     except SkipFolder as skip:
@@ -184,14 +184,14 @@ def _read_dated_folder(folder: Path, collection: Path, options: ConvertOptions,
     for rank, index in enumerate(split_order(len(trajs), options.seed, key)):
         traj = _read_one(trajs[index], needs_latency_shift(date), options, report)
         if traj is not None:
-            found.append(("train" if rank < num_train else "val", trajs[index], traj))
+            found.append(("train" if rank < num_train else "val", traj))
     return found
 
 
 def _read_collection(collection: Path, options: ConvertOptions,
-                     report: CollectionReport) -> dict[str, list[tuple[Path, dict]]]:
+                     report: CollectionReport) -> dict[str, list[RawTrajectory]]:
     """Trajectories of every dated folder, per split, in folder order then shuffled order."""
-    splits: dict[str, list[tuple[Path, dict]]] = {split: [] for split in SPLITS}
+    splits: dict[str, list[RawTrajectory]] = {split: [] for split in SPLITS}
     for folder in sorted(collection.iterdir()):
         try:
             found = _read_dated_folder(folder, collection, options, report)
@@ -200,30 +200,32 @@ def _read_collection(collection: Path, options: ConvertOptions,
             report.skip(report.skipped_folders, FOLDER_ERROR, folder,
                         f"{type(err).__name__}: {err}")
             continue
-        for split, traj_dir, traj in found:
-            splits[split].append((traj_dir, traj))
+        for split, traj in found:
+            splits[split].append(traj)
     return splits
 
 
-def _write_splits(out_dir: Path, splits: dict[str, list[tuple[Path, dict]]],
+def _write_splits(out_dir: Path, splits: dict[str, list[RawTrajectory]],
                   options: ConvertOptions) -> dict[str, set[str]]:
-    """Write each non-empty split (out.npy before packed/); returns the names written per split."""
+    """Write each non-empty split (out.npy before packed/); returns the names written per split.
+
+    The legacy per-step dicts are built only for out.npy; packed stores get stacked arrays.
+    """
     written: dict[str, set[str]] = {}
     for split, items in splits.items():
         if not items:
             continue
         split_dir, names = out_dir / split, written.setdefault(split, set())
         if options.format in ("numpy", "both"):
-            save_out_npy(split_dir / OUT_FILE, [traj for _, traj in items])
+            save_out_npy(split_dir / OUT_FILE, [traj.out_dict() for traj in items])
             names.add(OUT_FILE)
         if options.format in ("packed", "both"):
             source = {"kind": "raw BridgeData", "converter": "bridge-torch-convert",
                       "input_path": str(Path(options.input_path).absolute()), "split": split,
-                      "dated_folders": sorted({str(d.parents[2]) for d, _ in items}),
+                      "dated_folders": sorted({str(Path(t.source).parents[2]) for t in items}),
                       "settings": options.settings()}
-            trajectories = (out_dict_to_trajectory(traj, str(d)) for d, traj in items)
-            write_store(split_dir / PACKED_DIR, trajectories, cameras=options.cameras,
-                        source=source, progress=False)
+            write_store(split_dir / PACKED_DIR, (traj.trajectory() for traj in items),
+                        cameras=options.cameras, source=source, progress=False)
             names.add(PACKED_DIR)
     return written
 
