@@ -7,14 +7,16 @@ Run:  python bench/rlds_convert.py [--shards 16] [--episodes-per-shard 8] [--wor
 Builds a RAIL-format release (``bridge_dataset`` 1.0.0) in a temporary directory by repeating
 the records of the checked-in test fixture (256x256 JPEGs, 5-12 steps per episode) over
 ``--shards`` shards, then times the whole conversion (shard decoding in workers, resume
-bookkeeping, packing the final stores; worker start-up included) once per worker count. Also
-times the pieces in this process: CRC32C over every shard byte, framing + Example parsing, and
-decoding + resizing the selected cameras' JPEGs. Prints a table; the last line is the results as
-one JSON object.
+bookkeeping, packing the final stores; worker start-up included) once per entry of
+``--workers``, each into a fresh output directory, so ``--workers 1 2 1 2`` times four full
+conversions. Also times the pieces in this process: CRC32C over every shard byte, framing +
+Example parsing, and decoding + resizing the selected cameras' JPEGs. Prints a table; the last
+line is the results as one JSON object.
 """
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -95,12 +97,17 @@ def main(argv: list[str] | None = None) -> dict:
               f"{megabytes / pieces['read_parse_s']:.0f} MB/s, read+parse+decode "
               f"{episodes / pieces['read_parse_decode_s']:.1f} episodes/s")
         rows = []
-        for workers in args.workers:
+        for run, workers in enumerate(args.workers):
+            # a fresh directory per run: a repeated worker count must not find the last
+            # run's finished output (it would report "already converted" in no time)
+            output = Path(tmp) / f"out-{run}"
             start = time.perf_counter()
-            convert_rlds(RldsOptions(release, Path(tmp) / f"out{workers}", im_size=args.im_size,
-                                     cameras=cameras), num_workers=workers, progress=False)
+            report = convert_rlds(RldsOptions(release, output, im_size=args.im_size,
+                                              cameras=cameras), num_workers=workers,
+                                  progress=False)
             seconds = time.perf_counter() - start
-            rows.append({"workers": workers, "seconds": seconds,
+            shutil.rmtree(output)
+            rows.append({"workers": workers, "status": report.status, "seconds": seconds,
                          "episodes_per_s": episodes / seconds, "mb_per_s": megabytes / seconds})
             print(f"workers {workers}: {seconds:6.2f} s  {episodes / seconds:7.1f} episodes/s  "
                   f"{megabytes / seconds:6.1f} MB/s", flush=True)

@@ -240,3 +240,14 @@ def test_convert_benchmark_reports_rates() -> None:
     row = report["results"][0]
     assert row["episodes_per_s"] == pytest.approx(4 / row["seconds"])
     assert row["mb_per_s"] == pytest.approx(report["megabytes"] / row["seconds"])
+
+
+@pytest.mark.slow
+def test_convert_benchmark_times_a_repeated_worker_count_afresh() -> None:
+    bench = Path(__file__).resolve().parents[1] / "bench" / "rlds_convert.py"
+    out = subprocess.run([sys.executable, str(bench), "--shards", "2", "--episodes-per-shard",
+                          "1", "--workers", "1", "1", "--im-size", "8"], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(out.stdout.strip().splitlines()[-1])["results"]
+    assert [(r["workers"], r["status"]) for r in rows] == [(1, "converted"), (1, "converted")]
