@@ -184,19 +184,33 @@ def _existing_store(store_dir: Path, legacy_path: Path, allow_pickle: bool | Non
         return None
 
 
+def unchanged_fingerprint(record: dict[str, Any], path: Path) -> dict[str, Any] | None:
+    """``path``'s fingerprint when it still holds what ``record`` (a :func:`file_fingerprint`)
+    describes, else None (the module docstring's freshness check).
+
+    Size and mtime as recorded: ``record`` itself, without hashing. Same size, another mtime:
+    the file is re-hashed, and a matching hash returns the new fingerprint, which the caller
+    records so that the next check skips the hash.
+    """
+    now = file_fingerprint(path, with_hash=False)
+    if (now["size"], now["mtime_ns"]) == (record.get("size"), record.get("mtime_ns")):
+        return record
+    if now["size"] != record.get("size"):
+        return None
+    now = file_fingerprint(path)
+    return now if now["sha256"] == record.get("sha256") else None
+
+
 def _is_fresh(store: PackedStore, legacy_path: Path) -> bool:
     """Whether ``store`` is up to date with ``legacy_path`` (see the module docstring)."""
     record = store.source.get(LEGACY_SOURCE_KEY)
     if record is None:  # written by the converter, not packed from out.npy
         return (store.path / META_FILE).stat().st_mtime_ns >= legacy_path.stat().st_mtime_ns
-    now = file_fingerprint(legacy_path, with_hash=False)
-    if (now["size"], now["mtime_ns"]) == (record.get("size"), record.get("mtime_ns")):
+    now = unchanged_fingerprint(record, legacy_path)
+    if now is None:
+        return False
+    if now is record:
         return True
-    if now["size"] != record.get("size"):
-        return False
-    now = file_fingerprint(legacy_path)
-    if now["sha256"] != record.get("sha256"):
-        return False
     meta = dict(store.meta, source={**store.source, LEGACY_SOURCE_KEY: now})
     # same content, new mtime: refresh the record so the next open skips the hash (best effort)
     with contextlib.suppress(OSError):

@@ -24,6 +24,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bridge_torch.data.augment import AugmentConfig
+from bridge_torch.data.rlds_stream import RldsStreamConfig
 from bridge_torch.data.sampler_config import SamplerConfig
 from bridge_torch.data.task_selection import check_tasks, task_patterns
 from bridge_torch.models.resnet import EncoderConfig
@@ -60,9 +61,8 @@ class BridgeDataConfig:
 
     def __post_init__(self) -> None:
         if not self.include or any(not patterns for patterns in self.include):
-            raise ValueError(
-                f"bridgedata.include needs non-empty pattern lists, got {self.include}"
-            )
+            raise ValueError(f"bridgedata.include needs non-empty pattern lists, got "
+                             f"{self.include}")
         check_tasks(self.tasks, self.include)
         if self.sample_weights is not None:
             weights = list(self.sample_weights)
@@ -249,7 +249,7 @@ class TrainConfig:
     """Everything a training run needs; saved resolved in the run directory and every checkpoint."""
 
     name: str = ""  # run name, prefix of the run directory; "" = the algo name
-    data_path: str = MISSING  # root of the task directories (converted out.npy / packed stores)
+    data_path: str = MISSING  # root of the task directories (out.npy / packed), or a TFDS dir
     save_dir: str = "runs"  # runs go to <save_dir>/bridgedata_torch/<name>_<timestamp>/
     algo: str = "gc_bc"  # agent: "bc" | "gc_bc" | "gc_ddpm_bc" (set by the algo preset)
     batch_size: int = 256  # GLOBAL training batch, split evenly across DDP ranks (JAX 256)
@@ -273,6 +273,7 @@ class TrainConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    rlds: RldsStreamConfig = field(default_factory=RldsStreamConfig)  # data_path = a TFDS dir
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     ddp: DDPConfig = field(default_factory=DDPConfig)

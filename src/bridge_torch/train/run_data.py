@@ -1,6 +1,8 @@
 """The data of one training run: train/val ``TrainingData``, statistics and the agent's shapes.
 
-Task directories come from ``bridgedata.include``/``exclude`` under ``data_path``; the normalisation
+Task directories come from ``bridgedata.include``/``exclude`` under ``data_path``, or ``data_path``
+is a TFDS directory whose shards are packed into the cache on first use (``data.rlds_stream``,
+at ``rlds.im_size``, or the trained model's size on resume and evaluation); the normalisation
 statistics are merged over the train split only (and, on resume, taken from the checkpoint so a
 changed dataset cannot silently change the normalisation of a model mid-run). The val split is
 optional: task directories without one are skipped, and a run without any validates nothing.
@@ -20,6 +22,7 @@ import torch
 from bridge_torch.agents import AgentShapes
 from bridge_torch.data.actions import NORMALIZATION_FIELDS
 from bridge_torch.data.datasets import open_sub_datasets, training_statistics
+from bridge_torch.data.rlds_stream import is_stream_path, open_tfds_split
 from bridge_torch.data.sampler import TrainingData
 from bridge_torch.data.store import PackedStore
 from bridge_torch.data.store_checks import check_statistics
@@ -99,6 +102,18 @@ def _check_given_stats(stats: dict, store: PackedStore, source: str, kind: str) 
             check_statistics(entry, dim, f"{source} stats.{key}", fields)
 
 
+def _open_split(config: TrainConfig, split: str, allow_pickle: bool | None,
+                expected: DataLayout | None) -> list[list[PackedStore]]:
+    """``split`` of the selected task directories, or of the TFDS directory ``data_path`` names
+    (packed at the trained model's image size when there is one, else ``rlds.im_size``)."""
+    bridgedata = config.bridgedata
+    selection = (Path(config.data_path), bridgedata.sub_datasets(), bridgedata.exclude)
+    if is_stream_path(config.data_path):
+        im_size = expected.image_size if expected is not None else config.rlds.im_size
+        return open_tfds_split(*selection, split, camera=config.data.camera, im_size=im_size)
+    return open_sub_datasets(*selection, split=split, allow_pickle=allow_pickle)
+
+
 def load_run_data(config: TrainConfig, device: torch.device, stats: dict | None = None,
                   expected: DataLayout | None = None) -> RunData:
     """Open the train (and val) stores of the selected task directories on ``device``.
@@ -114,11 +129,8 @@ def load_run_data(config: TrainConfig, device: torch.device, stats: dict | None 
         else config.data.allow_pickle
     escape = "--allow-image-mismatch" if config.resume is None else \
         "data.allow_image_mismatch=true"
-    bridgedata = config.bridgedata
-    selection = (Path(config.data_path), bridgedata.sub_datasets(), bridgedata.exclude)
-    train_stores = open_sub_datasets(*selection, split="train", allow_pickle=allow_pickle)
-    val_stores = [group for group in open_sub_datasets(*selection, split="val",
-                                                       allow_pickle=allow_pickle) if group]
+    train_stores = _open_split(config, "train", allow_pickle, expected)
+    val_stores = [group for group in _open_split(config, "val", allow_pickle, expected) if group]
     if expected is not None:
         check_layout(expected, [s for group in train_stores + val_stores for s in group],
                      config.data.camera, allow_image_mismatch=config.data.allow_image_mismatch,
