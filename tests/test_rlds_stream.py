@@ -223,6 +223,24 @@ def test_a_shard_another_process_packs_is_waited_for_not_packed_twice(
     assert [s.path.parent.name for s in result["stores"]] == [TRAIN0, TRAIN1]
 
 
+@pytest.mark.slow
+def test_two_processes_packing_at_once_pack_every_shard_once(cache: Path, release: Path) -> None:
+    code = ("import logging, sys\nfrom pathlib import Path\n"
+            "from bridge_torch.data.rlds_stream import open_tfds_split\n"
+            "logging.basicConfig(level=logging.INFO, stream=sys.stdout, format='%(message)s')\n"
+            f"(stores,) = open_tfds_split(Path({str(release)!r}), [['**']], [], 'train', "
+            "camera='images0', im_size=16, progress=False)\n"
+            "print('stores', [s.path.parent.name for s in stores])\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [proc.communicate(timeout=300) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outs
+    lines = [line for out, _ in outs for line in out.splitlines()]
+    packed = sorted(line.split()[1].rstrip(":") for line in lines if line.startswith("packed "))
+    assert packed == [TRAIN0, TRAIN1]  # by one process or the other, never by both
+    assert lines.count(f"stores {[TRAIN0, TRAIN1]}") == 2
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     (["bridgedata.include=[[a/*]]"], "is a TFDS directory, trained on as one sub-dataset"),
     (["bridgedata.exclude=[x]"], "--group_by task"),
@@ -251,3 +269,13 @@ def test_statistics_merge_over_the_shard_stores(cache: Path, release: Path) -> N
     np.testing.assert_allclose(stats["std"], whole.std(0), rtol=1e-5, atol=1e-7)
     assert stats["count"] == len(whole) == sum(open_store(s.path).num_transitions
                                                for s in stores)
+
+
+def test_an_unwritable_cache_is_named_and_a_complete_one_still_reads(cache: Path,
+                                                                     release: Path,
+                                                                     monkeypatch) -> None:
+    _open(release)
+    monkeypatch.setattr(rlds_stream.os, "access", lambda path, mode: False)  # root ignores chmod
+    assert [s.num_trajectories for s in _open(release)] == [1, 1]  # nothing to write
+    with pytest.raises(ValueError, match=r"32px-images0 is not writable: set \$BRIDGE_TORCH_CACHE"):
+        _open(release, im_size=32)

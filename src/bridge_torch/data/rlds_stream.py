@@ -153,15 +153,13 @@ class ShardCache:
                 raise ValueError(f"{report.error} (while packing the {shard.split} split of "
                                  f"{self.dataset.path} into {self.directory}; shards packed "
                                  "before stay cached)")
-            done = json.loads((tmp / SHARD_DONE).read_text())
-            write_json_atomic(tmp / SHARD_DONE,
-                              {**done, "shard": fingerprint, "settings": self.settings})
-        log.info("packed %s: %d episodes, %d skipped", shard.path.name,
-                 sum(report.written.values()), sum(report.skipped.values()))
-        cached = self.fresh(shard)
-        if cached is None:
-            raise ValueError(f"{shard.path} changed while it was being packed into {entry}")
-        return cached
+            record = {**json.loads((tmp / SHARD_DONE).read_text()), "shard": fingerprint,
+                      "settings": self.settings}
+            write_json_atomic(tmp / SHARD_DONE, record)
+        episodes = sum(report.written.values())
+        log.info("packed %s: %d episodes, %d skipped", shard.path.name, episodes,
+                 sum(report.skipped.values()))
+        return CachedShard(shard, open_store(entry / PACKED_DIR) if episodes else None, record)
 
     def _fresh_or_pack(self, shard: Shard, wait: bool) -> CachedShard | None:
         """The shard's entry, packed here unless another process packs it (then None, unless
@@ -185,21 +183,20 @@ class ShardCache:
         log.info("packing %d of %d %s shards of %s into %s (once per shard; later runs reuse "
                  "them)", len(pending), len(shards), shards[0].split, self.dataset.path,
                  self.directory)
-        bar = tqdm(total=sum(s.num_records for s in pending), unit="episode",
-                   desc=f"packing {shards[0].split} shards", disable=not progress)
-        busy = []
-        for shard in pending:  # first every shard nobody else is packing
-            cached = self._fresh_or_pack(shard, wait=False)
-            if cached is None:
-                busy.append(shard)
-                continue
-            done[shard.index] = cached
-            bar.update(shard.num_records)
-        for shard in busy:
-            log.info("waiting for another process packing %s", shard.path.name)
-            done[shard.index] = self._fresh_or_pack(shard, wait=True)
-            bar.update(shard.num_records)
-        bar.close()
+        with tqdm(total=sum(s.num_records for s in pending), unit="episode",
+                  desc=f"packing {shards[0].split} shards", disable=not progress) as bar:
+            busy = []
+            for shard in pending:  # first every shard nobody else is packing
+                cached = self._fresh_or_pack(shard, wait=False)
+                if cached is None:
+                    busy.append(shard)
+                    continue
+                done[shard.index] = cached
+                bar.update(shard.num_records)
+            for shard in busy:
+                log.info("waiting for another process packing %s", shard.path.name)
+                done[shard.index] = self._fresh_or_pack(shard, wait=True)
+                bar.update(shard.num_records)
         return [done[shard.index] for shard in shards]
 
 
