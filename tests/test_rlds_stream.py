@@ -16,7 +16,7 @@ import torch
 
 from bridge_torch.atomic import is_temporary
 from bridge_torch.data import rlds_stream
-from bridge_torch.data.datasets import training_statistics
+from bridge_torch.data.datasets import resolve_task_dirs, training_statistics
 from bridge_torch.data.rlds_stream import open_tfds_split
 from bridge_torch.data.sampler import TransitionSampler
 from bridge_torch.data.sources import rlds
@@ -279,3 +279,9 @@ def test_an_unwritable_cache_is_named_and_a_complete_one_still_reads(cache: Path
     assert [s.num_trajectories for s in _open(release)] == [1, 1]  # nothing to write
     with pytest.raises(ValueError, match=r"32px-images0 is not writable: set \$BRIDGE_TORCH_CACHE"):
         _open(release, im_size=32)
+
+
+def test_a_data_path_above_the_tfds_dir_is_told_where_it_is(release: Path) -> None:
+    with pytest.raises(ValueError, match=rf"matches no task directory.*{release} is a TFDS "
+                                         "directory: pass it as data_path"):
+        resolve_task_dirs(release.parent.parent, [["**"]], [])

@@ -5,7 +5,8 @@ A *task directory* holds one directory per split (``train/``, ``val/``), each wi
 list of glob patterns relative to ``data_path`` (``**`` = any depth), as in the JAX
 ``glob_to_path_list`` (docs/semantics.md, 'Task selection'); unlike the earlier port, which
 joined them to the data path literally, patterns really are globbed and ``exclude`` really
-excludes.
+excludes. A ``data_path`` that is a TFDS directory is read by ``rlds_stream`` instead, whose
+per-shard cache follows the rules below.
 
 Legacy ``out.npy`` files are packed once into ``<split>/packed/`` (or, when the data directory is
 not writable, into ``$BRIDGE_TORCH_CACHE/<key>/``, default ``~/.cache/bridge_torch/<key>/``, key =
@@ -93,6 +94,14 @@ def _match_pattern(root: Path, pattern: str, exclude: list[str]) -> tuple[list[P
     return kept, dropped
 
 
+def _tfds_hint(root: Path) -> str:
+    """Names a TFDS directory one or two levels below ``root``: ``data_path`` should be it."""
+    below = sorted(info.parent for pattern in ("*/dataset_info.json", "*/*/dataset_info.json")
+                   for info in root.glob(pattern))
+    return f"; {below[0]} is a TFDS directory: pass it as data_path to train on it" if below \
+        else ""
+
+
 def resolve_task_dirs(data_path: Path, include: list[list[str]],
                       exclude: list[str]) -> list[list[Path]]:
     """Expand ``include`` into task directories, one list per sub-dataset.
@@ -132,7 +141,8 @@ def resolve_task_dirs(data_path: Path, include: list[list[str]],
                                  "first (bridge-torch-convert --output_path ...)")
             raise ValueError(f"include[{i}] = {list(patterns)} matches no task directory under "
                              f"{root} (a task directory holds train/{LEGACY_FILE} or train/"
-                             f"{PACKED_DIR}/{META_FILE}; matched directories: {why})")
+                             f"{PACKED_DIR}/{META_FILE}; matched directories: {why})"
+                             + _tfds_hint(root))
         for pattern in unmatched:  # the group matched something: a pattern that did not is odd
             log.warning("include pattern %r matched no task directory under %s", pattern, root)
         groups.append(sorted(found))
