@@ -228,6 +228,17 @@ def test_reader_never_imports_tensorflow(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "train" / "packed" / "meta.json").is_file()
 
 
+def test_converter_workers_never_import_torch() -> None:
+    """Spawned conversion workers import only the sources: torch would cost each a second."""
+    code = ("import sys\nimport bridge_torch.data.sources.convert, "
+            "bridge_torch.data.sources.rlds_convert, bridge_torch.data.sources.synthetic\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "False"
+
+
 @pytest.mark.slow
 def test_convert_benchmark_reports_rates() -> None:
     bench = Path(__file__).resolve().parents[1] / "bench" / "rlds_convert.py"

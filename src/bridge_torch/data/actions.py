@@ -7,10 +7,10 @@ does not depend on how the data was split into files. See docs/semantics.md, 'Ac
 and normalisation'.
 """
 
+import sys
 from typing import Any
 
 import numpy as np
-import torch
 
 GRIPPER_OPEN_THRESHOLD = 0.95  # raw gripper above this counts as open (1)
 GRIPPER_CLOSED_THRESHOLD = 0.05  # raw gripper below this counts as closed (0)
@@ -110,9 +110,17 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"normalization type must be one of {NORMALIZATION_TYPES}, got {kind!r}")
 
 
+def _is_tensor(x: Any) -> bool:
+    """Whether ``x`` is a torch tensor, without importing torch: the converters use this module
+    in worker processes that need only numpy, and importing torch costs each of them a second."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
 def _as_like(values: list[float], x: Any) -> Any:
     """Statistics as an array/tensor of ``x``'s float dtype and device (float32 for integers)."""
-    if isinstance(x, torch.Tensor):
+    if _is_tensor(x):
+        torch = sys.modules["torch"]
         dtype = x.dtype if x.is_floating_point() else torch.float32
         return torch.as_tensor(values, dtype=dtype, device=x.device)
     dtype = np.asarray(x).dtype
@@ -135,7 +143,7 @@ def normalize(x: Any, stats: dict[str, Any], kind: str = "normal") -> Any:
     span = hi - lo
     span = span + (span == 0)  # constant dimension: map to 0 instead of dividing by zero
     scaled = (x - lo) / span
-    return scaled.clamp(0, 1) if isinstance(x, torch.Tensor) else np.clip(scaled, 0, 1)
+    return scaled.clamp(0, 1) if _is_tensor(x) else np.clip(scaled, 0, 1)
 
 
 def denormalize(x: Any, stats: dict[str, Any], kind: str = "normal") -> Any:
