@@ -142,10 +142,13 @@ def test_camera_names_must_be_plain_names_inside_the_store(camera: str, store: P
 
 @pytest.fixture
 def planted_run(tmp_path: Path) -> tuple[Path, Path]:
-    """A run directory whose data_path is its own folder holding a malicious out.npy."""
+    """A run directory whose data_path is its own folder holding malicious out.npy files (in
+    the train split, which training reads first, and the val split, the only one evaluation
+    opens)."""
     run_dir = make_run(tmp_path, "bc")
     marker = tmp_path / "payload_ran"
-    plant_out_npy(run_dir / "data" / "task" / "train" / "out.npy", marker)
+    for split in ("train", "val"):
+        plant_out_npy(run_dir / "data" / "task" / split / "out.npy", marker)
     set_run_data_path(run_dir, run_dir / "data")
     return run_dir, marker
 

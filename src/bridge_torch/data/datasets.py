@@ -29,8 +29,9 @@ import glob
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge_torch.data.actions import merge_statistics
 from bridge_torch.data.sources import legacy_numpy as legacy
@@ -42,6 +43,9 @@ from bridge_torch.data.store import (
     write_json_atomic,
     write_store,
 )
+
+if TYPE_CHECKING:
+    from bridge_torch.data.split_metadata import StoreMeta
 
 ALL_LOCAL_INCLUDE: list[list[str]] = [["**"]]  # the all_local preset: every task, any depth
 SPLIT_DIRS = ("train", "val")  # directory names that are splits, never tasks
@@ -61,11 +65,20 @@ def has_split(task_dir: Path, split: str) -> bool:
     return (split_dir / LEGACY_FILE).is_file() or (split_dir / PACKED_DIR / META_FILE).is_file()
 
 
-def _inside_split(path: Path, root: Path) -> bool:
+def _is_task(path: Path, split: str) -> bool:
+    """A task directory holds a train split, or the ``split`` that is opened on its own."""
+    return has_split(path, "train") or has_split(path, split)
+
+
+def _splits_named(split: str) -> str:
+    return "train" if split == "train" else f"train or {split}"
+
+
+def _inside_split(path: Path, root: Path, split: str) -> bool:
     """True when ``path`` lies inside the split directory of a task (never a task itself)."""
     for ancestor in list(path.relative_to(root).parents)[:-1]:  # below root, not root itself
         candidate = root / ancestor
-        if candidate.name in SPLIT_DIRS and has_split(candidate.parent, "train"):
+        if candidate.name in SPLIT_DIRS and _is_task(candidate.parent, split):
             return True
     return path.name in SPLIT_DIRS and has_split(path.parent, path.name)
 
@@ -76,14 +89,16 @@ def _excluded(path: Path, root: Path, exclude: list[str]) -> str | None:
     return next((p for p in exclude if any(fnmatch.fnmatch(n, p) for n in names)), None)
 
 
-def _match_pattern(root: Path, pattern: str, exclude: list[str]) -> tuple[list[Path], dict]:
+def _match_pattern(root: Path, pattern: str, exclude: list[str], split: str
+                   ) -> tuple[list[Path], dict]:
     """Task directories matching one glob pattern, and counts of what was dropped and why."""
     hits = sorted({Path(p) for p in glob.glob(os.path.join(glob.escape(str(root)), pattern),
                                               recursive=True) if os.path.isdir(p)})
-    kept, dropped = [], {"without a train split": 0, "excluded": 0}
+    no_split = f"without a {_splits_named(split)} split"
+    kept, dropped = [], {no_split: 0, "excluded": 0}
     for path in hits:
-        if not has_split(path, "train") or _inside_split(path, root):
-            dropped["without a train split"] += path != root  # "**" matches the root itself
+        if not _is_task(path, split) or _inside_split(path, root, split):
+            dropped[no_split] += path != root  # "**" matches the root itself
             continue
         rule = _excluded(path, root, exclude)
         if rule is not None:
@@ -102,8 +117,8 @@ def _tfds_hint(root: Path) -> str:
         else ""
 
 
-def resolve_task_dirs(data_path: Path, include: list[list[str]],
-                      exclude: list[str]) -> list[list[Path]]:
+def resolve_task_dirs(data_path: Path, include: list[list[str]], exclude: list[str],
+                      split: str = "train") -> list[list[Path]]:
     """Expand ``include`` into task directories, one list per sub-dataset.
 
     Args:
@@ -111,8 +126,11 @@ def resolve_task_dirs(data_path: Path, include: list[list[str]],
         include: sub-datasets, each a list of glob patterns (``**`` recursive).
         exclude: fnmatch patterns, tried on each match's path relative to ``data_path`` and on
             its absolute path; excluded matches are logged.
+        split: the split that will be read. A task directory holds a train split, or this one:
+            evaluating the val split works on a copy that left the train split out.
     Returns:
-        Sorted, de-duplicated task directories per sub-dataset; each holds a train split.
+        Sorted, de-duplicated task directories per sub-dataset; each holds a train split (or
+        ``split``).
     Raises:
         ValueError: ``data_path`` is not a directory, or a sub-dataset matches no task directory.
     """
@@ -124,10 +142,10 @@ def resolve_task_dirs(data_path: Path, include: list[list[str]],
     groups = []
     for i, patterns in enumerate(include):
         found: set[Path] = set()
-        dropped_total = {"without a train split": 0, "excluded": 0}
+        dropped_total = {f"without a {_splits_named(split)} split": 0, "excluded": 0}
         unmatched = []
         for pattern in patterns:
-            kept, dropped = _match_pattern(root, pattern, list(exclude))
+            kept, dropped = _match_pattern(root, pattern, list(exclude), split)
             if not kept:
                 unmatched.append(pattern)
             found.update(kept)
@@ -139,10 +157,11 @@ def resolve_task_dirs(data_path: Path, include: list[list[str]],
                 raise ValueError(f"include[{i}] = {list(patterns)} matches no task directory: "
                                  f"data_path {root} holds no directories; convert data into it "
                                  "first (bridge-torch-convert --output_path ...)")
+            holds = " or ".join(f"{s}/{LEGACY_FILE} or {s}/{PACKED_DIR}/{META_FILE}"
+                                for s in dict.fromkeys(("train", split)))
             raise ValueError(f"include[{i}] = {list(patterns)} matches no task directory under "
-                             f"{root} (a task directory holds train/{LEGACY_FILE} or train/"
-                             f"{PACKED_DIR}/{META_FILE}; matched directories: {why})"
-                             + _tfds_hint(root))
+                             f"{root} (a task directory holds {holds}; matched directories: "
+                             f"{why})" + _tfds_hint(root))
         for pattern in unmatched:  # the group matched something: a pattern that did not is odd
             log.warning("include pattern %r matched no task directory under %s", pattern, root)
         groups.append(sorted(found))
@@ -298,18 +317,28 @@ def open_sub_datasets(data_path: Path, include: list[list[str]], exclude: list[s
     stays as an empty list so positions still line up with ``sample_weights``. ``allow_pickle``:
     see :func:`open_split`.
     """
-    groups = []
-    for tasks in resolve_task_dirs(data_path, include, exclude):
+    return open_task_groups(resolve_task_dirs(data_path, include, exclude), split, data_path,
+                            allow_pickle=allow_pickle)
+
+
+def open_task_groups(groups: list[list[Path]], split: str, data_root: Path, *,
+                     allow_pickle: bool | None = True) -> list[list[PackedStore]]:
+    """Open ``split`` of resolved task directories (:func:`resolve_task_dirs`), group by group,
+    as :func:`open_sub_datasets` does."""
+    opened = []
+    for tasks in groups:
         present = [task for task in tasks if has_split(task, split)]
         for task in sorted(set(tasks) - set(present)):
             log.info("task %s has no %s split: skipped", task, split)
-        groups.append([open_split(task, split, data_path, allow_pickle=allow_pickle)
+        opened.append([open_split(task, split, data_root, allow_pickle=allow_pickle)
                        for task in present])
-    return groups
+    return opened
 
 
-def training_statistics(stores: list[list[PackedStore]], relabel_actions: bool) -> dict:
-    """Action and proprio statistics merged exactly over all given (train) stores.
+def training_statistics(stores: Sequence[Sequence["PackedStore | StoreMeta"]],
+                        relabel_actions: bool) -> dict:
+    """Action and proprio statistics merged exactly over all given (train) stores (opened, or
+    only their ``meta.json``: the merge reads the statistics recorded there).
 
     Returns:
         ``{"actions": stats, "proprio": stats}``; the actions are the relabelled ones when

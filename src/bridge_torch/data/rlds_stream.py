@@ -48,6 +48,7 @@ from bridge_torch.data.sources import rlds
 from bridge_torch.data.sources.convert_output import PACKED_DIR, reason_lines
 from bridge_torch.data.sources.rlds_convert import SHARD_DONE, SPLIT_MAP, ShardJob, convert_shard
 from bridge_torch.data.sources.tfds import Shard, TfdsDataset, is_tfds_dir, open_tfds
+from bridge_torch.data.split_metadata import NotPacked, StoreMeta, read_store_meta
 from bridge_torch.data.store import PackedStore, open_store, write_json_atomic
 
 STREAM_DIR = "rlds"  # below cache_root()
@@ -108,8 +109,9 @@ class ShardCache:
         self.settings = {"input_path": str(dataset.path), "variant": variant.name,
                          "im_size": im_size, "cameras": list(cameras)}
 
-    def fresh(self, shard: Shard) -> CachedShard | None:
-        """The entry of ``shard`` when it is up to date (module docstring), else None."""
+    def fresh_record(self, shard: Shard) -> dict[str, Any] | None:
+        """The ``done.json`` of ``shard``'s entry when it is up to date (module docstring), else
+        None; its store is not opened."""
         entry = self.directory / shard.path.name
         try:
             record = json.loads((entry / SHARD_DONE).read_text())
@@ -126,6 +128,14 @@ class ShardCache:
             record = {**record, "shard": now}
             with contextlib.suppress(OSError):
                 write_json_atomic(entry / SHARD_DONE, record)
+        return record
+
+    def fresh(self, shard: Shard) -> CachedShard | None:
+        """The entry of ``shard`` when it is up to date (module docstring), else None."""
+        entry = self.directory / shard.path.name
+        record = self.fresh_record(shard)
+        if record is None:
+            return None
         if not sum(record["written"].values()):
             return CachedShard(shard, None, record)
         try:
@@ -218,6 +228,26 @@ def _log_summary(split: str, root: Path, cached: list[CachedShard]) -> None:
              "".join("\n" + line for line in reason_lines(skipped, examples)))
 
 
+def _split_cache(data_path: Path, include: list[list[str]], exclude: list[str], split: str,
+                 camera: str, im_size: int) -> tuple[Path, ShardCache, str | None]:
+    """The directory, its cache at these settings and the name of its split read as ``split``
+    (None when it has none), after checking the selection and the camera."""
+    root = Path(data_path).expanduser().absolute()
+    if include != ALL_LOCAL_INCLUDE or exclude:
+        raise ValueError(f"data_path {root} is a TFDS directory, trained on as one sub-dataset; "
+                         f"bridgedata.include/exclude/tasks select the task directories of "
+                         f"converted data (got include={include}, exclude={exclude}): to select "
+                         "tasks, convert it with bridge-torch-convert --input_format rlds "
+                         "--group_by task")
+    dataset = open_tfds(root)
+    variant = rlds.detect_variant(dataset)
+    cameras = rlds.resolve_cameras(variant, [camera])
+    if cameras != (camera,):
+        raise ValueError(f"data.camera={camera!r}: training names cameras as they are stored; "
+                         f"use data.camera={cameras[0]}")
+    return root, ShardCache(dataset, variant, cameras, im_size), tfds_split(dataset, split)
+
+
 def open_tfds_split(data_path: Path, include: list[list[str]], exclude: list[str], split: str,
                     *, camera: str, im_size: int, progress: bool = True
                     ) -> list[list[PackedStore]]:
@@ -234,29 +264,43 @@ def open_tfds_split(data_path: Path, include: list[list[str]], exclude: list[str
         ValueError: another task selection, a camera the release lacks, unreadable metadata, a
             corrupt shard (naming shard and record), an unwritable cache, no train episodes.
     """
-    root = Path(data_path).expanduser().absolute()
-    if include != ALL_LOCAL_INCLUDE or exclude:
-        raise ValueError(f"data_path {root} is a TFDS directory, trained on as one sub-dataset; "
-                         f"bridgedata.include/exclude/tasks select the task directories of "
-                         f"converted data (got include={include}, exclude={exclude}): to select "
-                         "tasks, convert it with bridge-torch-convert --input_format rlds "
-                         "--group_by task")
-    dataset = open_tfds(root)
-    variant = rlds.detect_variant(dataset)
-    cameras = rlds.resolve_cameras(variant, [camera])
-    if cameras != (camera,):
-        raise ValueError(f"data.camera={camera!r}: training names cameras as they are stored; "
-                         f"use data.camera={cameras[0]}")
-    name = tfds_split(dataset, split)
+    root, cache, name = _split_cache(data_path, include, exclude, split, camera, im_size)
+    splits = cache.dataset.splits
     if name is None:
         if split == "train":
-            raise ValueError(f"{root} has no split read as train (it has {list(dataset.splits)})")
-        log.info("%s has no split read as %s (it has %s)", root, split, list(dataset.splits))
+            raise ValueError(f"{root} has no split read as train (it has {list(splits)})")
+        log.info("%s has no split read as %s (it has %s)", root, split, list(splits))
         return [[]]
-    cached = ShardCache(dataset, variant, cameras, im_size).open_shards(dataset.splits[name],
-                                                                       progress)
+    cached = cache.open_shards(splits[name], progress)
     _log_summary(split, root, cached)
     stores = [entry.store for entry in cached if entry.store is not None]
     if split == "train" and not stores:
         raise ValueError(f"{root}: every episode of the {name} split was skipped (see the log)")
     return [stores]
+
+
+def cached_split_metadata(data_path: Path, include: list[list[str]], exclude: list[str],
+                          split: str, *, camera: str, im_size: int) -> list[StoreMeta]:
+    """The cached stores of ``split``'s shards by their ``meta.json`` alone (as
+    ``split_metadata.split_metadata`` for task directories): nothing is decoded, packed or opened.
+
+    Raises:
+        NotPacked: the directory has no such split, or a shard has no up-to-date cache entry at
+            these settings (packing it would decode the shard), or every episode was skipped.
+        ValueError: as :func:`open_tfds_split` for the selection and camera; a malformed
+            ``meta.json``.
+    """
+    root, cache, name = _split_cache(data_path, include, exclude, split, camera, im_size)
+    if name is None:
+        raise NotPacked(f"{root} has no split read as {split}")
+    found = []
+    for shard in cache.dataset.splits[name]:
+        record = cache.fresh_record(shard)
+        if record is None:
+            raise NotPacked(f"{shard.path} is not packed into {cache.directory} (at "
+                            f"{im_size}px, camera {camera}) yet")
+        if sum(record["written"].values()):
+            found.append(read_store_meta(cache.directory / shard.path.name / PACKED_DIR))
+    if not found:
+        raise NotPacked(f"every episode of the {name} split of {root} was skipped")
+    return found

@@ -11,9 +11,12 @@ Data for a trained model (resume, evaluation) must have the layout the checkpoin
 :func:`check_layout` refuses stores whose image size, camera, action or proprio dimension differ,
 so a 64² model is never silently evaluated on, or retrained at, 32². On resume, ``data_path`` comes
 from the run directory, so out.npy files are not unpickled unless the command opts in.
+:func:`open_run_split` opens one split as training does; evaluation uses it to open only the
+split it evaluates, and :func:`recorded_train_split` to know the train split by its metadata.
 """
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +24,10 @@ import torch
 
 from bridge_torch.agents import AgentShapes
 from bridge_torch.data.actions import NORMALIZATION_FIELDS
-from bridge_torch.data.datasets import open_sub_datasets, training_statistics
-from bridge_torch.data.rlds_stream import is_stream_path, open_tfds_split
+from bridge_torch.data.datasets import open_task_groups, resolve_task_dirs, training_statistics
+from bridge_torch.data.rlds_stream import cached_split_metadata, is_stream_path, open_tfds_split
 from bridge_torch.data.sampler import TrainingData
+from bridge_torch.data.split_metadata import StoreMeta, split_metadata
 from bridge_torch.data.store import PackedStore
 from bridge_torch.data.store_checks import check_statistics
 from bridge_torch.train import runs
@@ -57,13 +61,15 @@ class DataLayout:
                    int(shapes["action_dim"]), int(shapes["proprio_dim"]), source)
 
 
-def check_layout(expected: DataLayout, stores: list[PackedStore], camera: str, *,
+def check_layout(expected: DataLayout, stores: Sequence[PackedStore | StoreMeta], camera: str, *,
                  allow_image_mismatch: bool, escape: str) -> None:
     """Refuse stores that do not fit a trained model (used by resume and evaluation).
 
-    Image size and camera may differ when ``allow_image_mismatch`` (logged; ``escape`` is the
-    option that says so, named in the error); action and proprio dimensions never may: the
-    network's output and the statistics have the checkpoint's.
+    Reads each store's ``meta.json`` fields (an opened store's arrays have exactly those shapes),
+    so a split known only by its metadata is checked too. Image size and camera may differ when
+    ``allow_image_mismatch`` (logged; ``escape`` is the option that says so, named in the error);
+    action and proprio dimensions never may: the network's output and the statistics have the
+    checkpoint's.
     """
     for store in stores:
         found = {"image size": list(store.image_size), "camera": camera,
@@ -92,7 +98,7 @@ def _resume_layout(config: TrainConfig) -> DataLayout | None:
     return DataLayout.of_checkpoint(state, str(path))
 
 
-def _check_given_stats(stats: dict, store: PackedStore, source: str, kind: str) -> None:
+def check_given_stats(stats: dict, store: PackedStore, source: str, kind: str) -> None:
     """Statistics from a checkpoint are input too: the fields normalisation ``kind`` reads are
     well formed, finite and of the data's dimensions."""
     fields = NORMALIZATION_FIELDS[kind]
@@ -102,16 +108,59 @@ def _check_given_stats(stats: dict, store: PackedStore, source: str, kind: str) 
             check_statistics(entry, dim, f"{source} stats.{key}", fields)
 
 
-def _open_split(config: TrainConfig, split: str, allow_pickle: bool | None,
-                expected: DataLayout | None) -> list[list[PackedStore]]:
-    """``split`` of the selected task directories, or of the TFDS directory ``data_path`` names
-    (packed at the trained model's image size when there is one, else ``rlds.im_size``)."""
+def pickle_setting(config: TrainConfig) -> bool | None:
+    """``allow_pickle`` for the run's data: a resumed run's data path comes from its run
+    directory, so it unpickles only when the command opts in."""
+    if config.resume is not None and config.data.allow_pickle is None:
+        return False
+    return config.data.allow_pickle
+
+
+def _selection(config: TrainConfig) -> tuple[Path, list[list[str]], list[str]]:
     bridgedata = config.bridgedata
-    selection = (Path(config.data_path), bridgedata.sub_datasets(), bridgedata.exclude)
+    return Path(config.data_path), bridgedata.sub_datasets(), bridgedata.exclude
+
+
+def _stream_size(config: TrainConfig, expected: DataLayout | None) -> int:
+    """The image size a TFDS directory is packed at: the trained model's, else rlds.im_size."""
+    return expected.image_size if expected is not None else config.rlds.im_size
+
+
+def open_run_split(config: TrainConfig, split: str, expected: DataLayout | None, *,
+                   alone: bool = False) -> list[list[PackedStore]]:
+    """``split`` of the selected task directories, or of the TFDS directory ``data_path`` names;
+    a sub-dataset without it is dropped (sub-datasets only weight training draws, and each one
+    holds a train split).
+
+    ``alone``: the split is read without the train split (evaluation), so a task directory that
+    holds only this split counts too (``datasets.resolve_task_dirs``).
+    """
+    selection = _selection(config)
     if is_stream_path(config.data_path):
-        im_size = expected.image_size if expected is not None else config.rlds.im_size
-        return open_tfds_split(*selection, split, camera=config.data.camera, im_size=im_size)
-    return open_sub_datasets(*selection, split=split, allow_pickle=allow_pickle)
+        stores = open_tfds_split(*selection, split, camera=config.data.camera,
+                                 im_size=_stream_size(config, expected))
+    else:
+        groups = resolve_task_dirs(*selection, split if alone else "train")
+        stores = open_task_groups(groups, split, selection[0],
+                                  allow_pickle=pickle_setting(config))
+    return [group for group in stores if group]
+
+
+def recorded_train_split(config: TrainConfig, expected: DataLayout | None, *,
+                         evaluated: str) -> list[StoreMeta]:
+    """The train split's stores by their ``meta.json`` alone, in the task directories chosen for
+    evaluating ``evaluated`` (or a TFDS directory's cached train shards): nothing is opened,
+    packed or unpickled.
+
+    Raises:
+        NotPacked: part of the train split has no packed store to read (says which and why).
+    """
+    selection = _selection(config)
+    if is_stream_path(config.data_path):
+        return cached_split_metadata(*selection, "train", camera=config.data.camera,
+                                     im_size=_stream_size(config, expected))
+    groups = resolve_task_dirs(*selection, evaluated)
+    return [store for group in split_metadata(groups, "train") for store in group]
 
 
 def load_run_data(config: TrainConfig, device: torch.device, stats: dict | None = None,
@@ -125,12 +174,10 @@ def load_run_data(config: TrainConfig, device: torch.device, stats: dict | None 
             checkpoint.
     """
     expected = expected or _resume_layout(config)
-    allow_pickle = False if config.resume is not None and config.data.allow_pickle is None \
-        else config.data.allow_pickle
     escape = "--allow-image-mismatch" if config.resume is None else \
         "data.allow_image_mismatch=true"
-    train_stores = _open_split(config, "train", allow_pickle, expected)
-    val_stores = [group for group in _open_split(config, "val", allow_pickle, expected) if group]
+    train_stores = open_run_split(config, "train", expected)
+    val_stores = open_run_split(config, "val", expected)
     if expected is not None:
         check_layout(expected, [s for group in train_stores + val_stores for s in group],
                      config.data.camera, allow_image_mismatch=config.data.allow_image_mismatch,
@@ -138,8 +185,8 @@ def load_run_data(config: TrainConfig, device: torch.device, stats: dict | None 
     if stats is None:
         stats = training_statistics(train_stores, relabel_actions=config.data.relabel_actions)
     else:
-        _check_given_stats(stats, train_stores[0][0], expected.source if expected else "given",
-                           config.data.normalization_type)
+        check_given_stats(stats, train_stores[0][0], expected.source if expected else "given",
+                          config.data.normalization_type)
     train = TrainingData.from_stores(train_stores, stats, config.data, device)
     # sub-datasets only weight training draws: validation keeps every task that has a val split
     val = TrainingData.from_stores(val_stores, stats, config.data, device) if val_stores else None
