@@ -3,6 +3,7 @@
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -35,6 +36,22 @@ def free_port() -> int:
 
 TINY_AGENT = ["encoder.name=resnetv1-mini-bridge", "encoder.num_filters=8",
               "model.hidden_dims=[16]", "model.score_width=16", "model.num_blocks=1"]
+
+
+class PlantedPayload:
+    """A pickle whose loading creates ``marker``: proof that a loader ran code from a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return open, (str(self.marker), "w")
+
+
+def plant_out_npy(path: Path, marker: Path) -> None:
+    """An out.npy whose unpickling creates ``marker``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.array([PlantedPayload(marker), None], dtype=object)[:1], allow_pickle=True)
 
 
 def make_run(root: Path, algo: str, action_dim: int = 7, ema: bool = False) -> Path:

@@ -5,14 +5,17 @@ import subprocess
 import sys
 import textwrap
 import time
+from itertools import chain
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from bridge_torch.agents import AGENTS, AgentShapes, build_agent
 from bridge_torch.deploy import restore
 from bridge_torch.train import checkpoint, runs
+from bridge_torch.train.config import config_from_container
 from helpers import make_run
 
 
@@ -148,6 +151,46 @@ def test_load_module_state_names_missing_unexpected_and_mismatched_keys():
         )
     with pytest.raises(ValueError, match=r"1.weight: checkpoint \(7, 3\) vs model \(4, 3\)"):
         checkpoint.load_module_state(module, {**state, "1.weight": torch.zeros(7, 3)}, source="x")
+
+
+def test_assigned_weights_take_the_dtype_and_layout_of_the_module():
+    with torch.device("meta"):
+        module = nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    weight = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    state = {"weight": weight, "bias": torch.randn(4)}
+    checkpoint.load_module_state(module, state, source="x", assign=True)
+    assert module.weight.dtype == torch.float32 and module.weight.requires_grad
+    assert module.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(module.weight, weight.float())
+    assert module.bias.data_ptr() == state["bias"].data_ptr()  # fits already: not copied
+
+
+@pytest.mark.parametrize("algo", sorted(AGENTS))
+def test_restored_agent_acts_bit_identically_to_one_initialised_then_loaded(tmp_path, algo):
+    """``restore_agent`` skips the random initialisation (meta device, tensors assigned): every
+    tensor, non-persistent buffers included, and every sampled action are those of an agent built
+    the costly way, its random weights then overwritten by copying."""
+    run_dir = make_run(tmp_path, algo, ema=True)
+    saved = checkpoint.load(run_dir / "ckpt_5.pt")
+    config = config_from_container(saved["config"], source="test")
+    reference = build_agent(config.algo, config.model, config.encoder, config.saliency,
+                            AgentShapes(**saved["agent_shapes"]))
+    checkpoint.load_module_state(reference, saved["ema"], source="test")
+    restored = restore.restore_agent(run_dir, device="cpu").agent
+    pairs = zip(chain(reference.named_parameters(), reference.named_buffers()),
+                chain(restored.named_parameters(), restored.named_buffers()), strict=True)
+    for (name, want), (got_name, got) in pairs:
+        assert got_name == name and got.device.type == "cpu" and got.dtype == want.dtype
+        assert got.stride() == want.stride() and torch.equal(got, want), name
+    g = torch.Generator().manual_seed(0)
+    observations = {"image": torch.randint(0, 256, (3, 1, 32, 32, 3), dtype=torch.uint8,
+                                           generator=g),
+                    "proprio": torch.randn(3, 1, 7, generator=g)}
+    goals = {"image": torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8, generator=g)}
+    sampled = [agent.eval().sample_actions(observations, goals, argmax=False,
+                                           generator=torch.Generator().manual_seed(1))
+               for agent in (reference, restored)]
+    assert torch.equal(*sampled)
 
 
 def test_restore_agent_loads_ema_or_model_weights_in_eval_mode(tmp_path):

@@ -31,24 +31,9 @@ from bridge_torch.train import checkpoint
 from bridge_torch.train.config import compose_config
 from bridge_torch.train.loop import train
 from bridge_torch.train.run_data import load_run_data
-from helpers import make_run
+from helpers import make_run, plant_out_npy
 
 CPU = torch.device("cpu")
-
-
-class PlantedPayload:
-    """A pickle whose loading creates ``marker``: proof that a loader ran code from a file."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return open, (str(self.marker), "w")
-
-
-def plant_out_npy(path: Path, marker: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, np.array([PlantedPayload(marker), None], dtype=object)[:1], allow_pickle=True)
 
 
 def packed_task(root: Path, *, size: int = 32, action_dim: int = 7) -> Path:

@@ -60,7 +60,9 @@ class GaussianHead(nn.Module):
             if len(cfg.fixed_std) != action_dim:
                 raise ValueError(f"model.fixed_std has {len(cfg.fixed_std)} entries for "
                                  f"{action_dim} action dims")
-            self.register_buffer("fixed_log_std", torch.tensor(cfg.fixed_std).log(),
+            # on the CPU explicitly: no checkpoint holds it, so an agent built on the meta
+            # device (deploy/restore.py) must still compute it
+            self.register_buffer("fixed_log_std", torch.tensor(cfg.fixed_std, device="cpu").log(),
                                  persistent=False)
         elif cfg.state_dependent_std:
             self.log_std_head = xavier_linear(in_dim, horizon * action_dim)

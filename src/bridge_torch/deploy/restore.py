@@ -3,11 +3,14 @@
 A checkpoint carries its run's resolved config, normalisation statistics and the shapes the agent
 was built for, so nothing here reads ``config.yaml`` or ``stats.json`` to construct the model.
 Those files are only compared with the checkpoint, to catch a checkpoint from another run being
-passed together with a run directory.
+passed together with a run directory. The agent is built on the meta device and takes the
+checkpoint's tensors: randomly initialising a full ResNet only to overwrite every weight would
+cost most of a restore on a CPU.
 """
 
 import json
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import torch
@@ -65,6 +68,21 @@ def _check_finite(path: Path, state: dict, weights_key: str) -> None:
                              "cannot drive a robot (a diverged run? try an earlier checkpoint)")
 
 
+def _build_with_weights(config: TrainConfig, shapes: AgentShapes,
+                        weights: dict[str, torch.Tensor], *, source: str) -> nn.Module:
+    """The agent with ``weights`` loaded strictly, built without random initialisation: on the
+    meta device (shapes only), then given the checkpoint's tensors (``load_module_state``)."""
+    with torch.device("meta"):
+        agent = build_agent(config.algo, config.model, config.encoder, config.saliency, shapes)
+    checkpoint.load_module_state(agent, weights, source=source, assign=True)
+    unset = [name for name, tensor in chain(agent.named_parameters(), agent.named_buffers())
+             if tensor.is_meta]
+    if unset:  # a tensor no checkpoint holds must be made on the CPU explicitly by the model
+        raise RuntimeError(f"{source}: {unset} hold no values after loading: the model creates "
+                           "them on the default device instead of the CPU")
+    return agent
+
+
 def restore_agent(
     run_dir: str | Path,
     checkpoint_ref: str | Path | int | None = None,
@@ -90,10 +108,9 @@ def restore_agent(
     state = checkpoint.load(path)
     _check_belongs_to_run(run_dir, path, state)
     config = config_from_container(state["config"], source=f"{path} [config]")
-    agent = build_agent(config.algo, config.model, config.encoder, config.saliency,
-                        AgentShapes(**state["agent_shapes"]))
     weights_key = "ema" if use_ema and state["ema"] is not None else "model"
-    checkpoint.load_module_state(agent, state[weights_key], source=f"{path} [{weights_key}]")
+    agent = _build_with_weights(config, AgentShapes(**state["agent_shapes"]), state[weights_key],
+                                source=f"{path} [{weights_key}]")
     _check_finite(path, state, weights_key)
     agent.to(device).eval()
     return RestoredAgent(agent, config, state["stats"], int(state["step"]), path)

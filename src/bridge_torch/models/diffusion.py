@@ -14,17 +14,22 @@ BETA_SCHEDULES = ("cosine", "linear", "vp")
 
 
 def beta_schedule(name: str, steps: int) -> torch.Tensor:
-    """float64 (steps,) noise schedule, computed as the JAX original does."""
+    """float64 (steps,) noise schedule, computed as the JAX original does.
+
+    Always on the CPU, whatever the default device: an agent built on the meta device (restoring
+    a checkpoint, ``deploy/restore.py``) still gets the values, which no checkpoint holds.
+    """
+    cpu = torch.device("cpu")
     if name == "cosine":
         s = 0.008
-        t = torch.linspace(0, steps, steps + 1, dtype=torch.float64) / steps
+        t = torch.linspace(0, steps, steps + 1, dtype=torch.float64, device=cpu) / steps
         alpha_bar = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
         alpha_bar = alpha_bar / alpha_bar[0]
         return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(0, 0.999)
     if name == "linear":
-        return torch.linspace(1e-4, 2e-2, steps, dtype=torch.float64)
+        return torch.linspace(1e-4, 2e-2, steps, dtype=torch.float64, device=cpu)
     if name == "vp":
-        t = torch.arange(1, steps + 1, dtype=torch.float64)
+        t = torch.arange(1, steps + 1, dtype=torch.float64, device=cpu)
         b_min, b_max = 0.1, 10.0
         alpha = torch.exp(-b_min / steps - 0.5 * (b_max - b_min) * (2 * t - 1) / steps**2)
         return 1 - alpha

@@ -121,8 +121,14 @@ def refuse_nonfinite_weights(path: Path, state: dict[str, Any]) -> None:
                              "earlier checkpoints are unchanged")
 
 
-def load_module_state(module: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
-    """``load_state_dict`` strictly, naming every missing, unexpected or mis-shaped key."""
+def load_module_state(module: nn.Module, state: dict[str, torch.Tensor], *, source: str,
+                      assign: bool = False) -> None:
+    """``load_state_dict`` strictly, naming every missing, unexpected or mis-shaped key.
+
+    ``assign``: the module was built on the meta device (shapes only, no initialisation); it takes
+    ``state``'s tensors themselves, each in the dtype and memory layout its own had (copied only
+    where they differ), so it computes exactly what a module loaded by copying would.
+    """
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -141,4 +147,14 @@ def load_module_state(module: nn.Module, state: dict[str, torch.Tensor], *, sour
     if problems:
         what = f"{source} does not fit this {type(module).__name__}"
         raise ValueError(f"{what}: " + "; ".join(problems))
-    module.load_state_dict(state, strict=True)
+    if assign:
+        state = {key: _laid_out_like(tensor, own[key]) for key, tensor in state.items()}
+    module.load_state_dict(state, strict=True, assign=assign)
+
+
+def _laid_out_like(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``tensor`` with ``like``'s dtype and strides (e.g. channels-last convolution weights)."""
+    if tensor.dtype == like.dtype and tensor.stride() == like.stride():
+        return tensor
+    return torch.empty_strided(like.shape, like.stride(), dtype=like.dtype,
+                               device=tensor.device).copy_(tensor)
