@@ -193,6 +193,20 @@ def test_restored_agent_acts_bit_identically_to_one_initialised_then_loaded(tmp_
     assert torch.equal(*sampled)
 
 
+def test_a_tensor_no_checkpoint_holds_must_be_made_on_the_cpu(tmp_path, monkeypatch):
+    run_dir = make_run(tmp_path, "bc")
+    build = restore.build_agent
+
+    def with_derived_buffer(*args):
+        agent = build(*args)
+        agent.register_buffer("schedule", torch.arange(3.0), persistent=False)  # default device
+        return agent
+
+    monkeypatch.setattr(restore, "build_agent", with_derived_buffer)
+    with pytest.raises(RuntimeError, match=r"ckpt_5\.pt \[model\]: \['schedule'\] hold no values"):
+        restore.restore_agent(run_dir, device="cpu")
+
+
 def test_restore_agent_loads_ema_or_model_weights_in_eval_mode(tmp_path):
     run_dir = make_run(tmp_path, "gc_ddpm_bc", ema=True)
     saved = checkpoint.load(run_dir / "ckpt_5.pt")

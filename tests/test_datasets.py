@@ -1,6 +1,8 @@
 """Tests of data/datasets.py: task selection (include globs, exclude) and the out.npy pack cache."""
 
+import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from bridge_torch.data.datasets import (
     training_statistics,
 )
 from bridge_torch.data.sources import legacy_numpy as legacy
+from bridge_torch.data.split_metadata import NotPacked, split_metadata
 from bridge_torch.data.store import Trajectory, write_store
 
 SIZE = 6
@@ -191,3 +194,39 @@ def test_an_empty_data_path_says_so_and_the_root_is_not_counted(tmp_path) -> Non
     (tmp_path / "a" / "b").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"matched directories: 2 without a train split"):
         resolve_task_dirs(tmp_path, [["**"]], [])  # a and a/b; the root itself is no task dir
+
+
+def test_a_split_read_alone_makes_a_directory_without_train_split_a_task(tree):
+    assert names(resolve_task_dirs(tree, [["c/*"]], [], split="val"), tree) == [["c/no_train"]]
+    # inside a split directory stays no task, also when the task has only that split
+    assert names(resolve_task_dirs(tree, [["**"]], [], split="val"), tree) == [
+        ["a/t1", "a/t2", "b/deep/x/t3", "c/no_train"]]
+    with pytest.raises(ValueError, match=r"holds train/out\.npy or train/packed/meta\.json or "
+                                         r"val/out\.npy or val/packed/meta\.json; matched "
+                                         r"directories: 1 without a train or val split"):
+        resolve_task_dirs(tree, [["c"]], [], split="val")
+
+
+def test_split_metadata_reads_meta_json_only_and_merges_as_training(tree):
+    groups = resolve_task_dirs(tree, [["a/*"], ["b/**"]], [])
+    with pytest.raises(NotPacked, match=r"a/t1/train/out\.npy has no packed store \(reading it "
+                                        r"would unpickle it\)"):
+        split_metadata(groups, "train")
+    with pytest.raises(NotPacked, match=r"task .*a/t2 has no val split"):
+        split_metadata([[tree / "a" / "t2"]], "val")
+    opened = open_sub_datasets(tree, [["a/*"], ["b/**"]], [])  # packs a/t1's out.npy
+    recorded = split_metadata(groups, "train")
+    assert [[m.path for m in group] for group in recorded] == \
+        [[s.path for s in group] for group in opened]
+    assert training_statistics(recorded, relabel_actions=True) == \
+        training_statistics(opened, relabel_actions=True)
+
+
+def test_split_metadata_refuses_malformed_statistics(tree):
+    meta_file = tree / "a" / "t2" / "train" / "packed" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["stats"]["proprio"]["std"] = meta["stats"]["proprio"]["std"][:3]
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=re.escape(f"{meta_file}: stats.proprio.std must be a "
+                                                   "list of 7 numbers")):
+        split_metadata([[tree / "a" / "t2"]], "train")
