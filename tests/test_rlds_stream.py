@@ -3,7 +3,9 @@ the same training data as a conversion, reused while fresh, re-packed when a sha
 corrupt shard named, and two processes sharing the packing."""
 
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -24,10 +26,13 @@ from bridge_torch.data.sources.rlds_convert import RldsOptions, convert_rlds
 from bridge_torch.data.sources.tfds import open_tfds
 from bridge_torch.data.sources.tfrecord import Feature
 from bridge_torch.data.store import open_store
+from bridge_torch.offline_eval import evaluate_run
+from bridge_torch.train import checkpoint
 from bridge_torch.train.config import compose_config
 from bridge_torch.train.loop import train
 from bridge_torch.train.metrics_log import read_metrics
 from bridge_torch.train.run_data import load_run_data
+from helpers import make_run
 from rlds_helpers import OPEN_X_DIR, RAIL_DIR, copy_release, rewrite_shard
 from test_rlds import TINY
 
@@ -285,3 +290,31 @@ def test_a_data_path_above_the_tfds_dir_is_told_where_it_is(release: Path) -> No
     with pytest.raises(ValueError, match=rf"matches no task directory.*{release} is a TFDS "
                                          "directory: pass it as data_path"):
         resolve_task_dirs(release.parent.parent, [["**"]], [])
+
+
+@pytest.mark.slow
+def test_evaluation_opens_only_the_val_shards_and_checks_the_cached_train_metadata(
+        cache: Path, release: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    run_dir = make_run(tmp_path, "bc")  # a 32px agent, as if trained on the release
+    train_stores = _open(release, im_size=32)
+    state = checkpoint.load(run_dir / "ckpt_5.pt")
+    state["stats"] = training_statistics([train_stores], relabel_actions=True)
+    state["config"]["data_path"] = str(release)
+    checkpoint.save(run_dir / "ckpt_5.pt", state)
+    with caplog.at_level(logging.WARNING, logger="bridge_torch.offline_eval"):
+        checked = evaluate_run(run_dir)
+    assert "statistics check skipped" not in caplog.text and checked["transitions"] > 0
+    meta_file = train_stores[1].path / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["stats"]["actions_relabeled"]["std"][0] *= 1.01
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"ckpt_5\.pt: the dataset's statistics differ from the "
+                                         r"checkpoint's \(actions\.std\)"):
+        evaluate_run(run_dir)
+    for store in train_stores:  # the train split was never packed at this size
+        shutil.rmtree(store.path.parent)
+    with caplog.at_level(logging.WARNING, logger="bridge_torch.offline_eval"):
+        unchecked = evaluate_run(run_dir)
+    assert _entries(cache) == [VAL0, "bridge_dataset-val.tfrecord-00001-of-00002"]
+    assert f"statistics check skipped: {release / TRAIN0} is not packed into " in caplog.text
+    assert unchecked["mse"] == checked["mse"] and unchecked["transitions"] == checked["transitions"]

@@ -7,10 +7,11 @@ evaluated split (val by default, ``--split train``) is opened. The train split's
 recorded in its packed stores' ``meta.json`` and merged as the trainer merges them, must match the
 checkpoint's (``--allow-stats-mismatch`` overrides); reading those small files needs no array,
 and where the train split has no packed store (an out.npy never packed, a copy without the train
-split) the check is skipped, saying why, rather than packing or unpickling anything. Then the full
-deterministic validation pass runs and the metrics are reported next to the
-predict-the-training-mean baseline (action 0 in normalised units). The run's own data path came
-with the run directory: its out.npy files are unpickled only with ``--allow-pickle``.
+split, TFDS train shards not in the cache) the check is skipped, saying why, rather than packing
+or unpickling anything. Then the full deterministic validation pass runs and the metrics are
+reported next to the predict-the-training-mean baseline (action 0 in normalised units). The run's
+own data path came with the run directory: its out.npy files are unpickled only with
+``--allow-pickle``.
 
     bridge-torch-eval runs/bridgedata_torch/gc_bc_... --json metrics.json --plot actions.png \
         --loss-plot loss_curves.png

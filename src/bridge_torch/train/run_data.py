@@ -65,8 +65,8 @@ def check_layout(expected: DataLayout, stores: Sequence[PackedStore | StoreMeta]
                  allow_image_mismatch: bool, escape: str) -> None:
     """Refuse stores that do not fit a trained model (used by resume and evaluation).
 
-    Reads each store's ``meta.json`` fields (an opened store's arrays have exactly those shapes),
-    so a split known only by its metadata is checked too. Image size and camera may differ when
+    Opened stores and stores known by their ``meta.json`` alone (``StoreMeta``: a split that
+    is not opened) are checked alike. Image size and camera may differ when
     ``allow_image_mismatch`` (logged; ``escape`` is the option that says so, named in the error);
     action and proprio dimensions never may: the network's output and the statistics have the
     checkpoint's.
@@ -108,7 +108,7 @@ def check_given_stats(stats: dict, store: PackedStore, source: str, kind: str) -
             check_statistics(entry, dim, f"{source} stats.{key}", fields)
 
 
-def pickle_setting(config: TrainConfig) -> bool | None:
+def _pickle_setting(config: TrainConfig) -> bool | None:
     """``allow_pickle`` for the run's data: a resumed run's data path comes from its run
     directory, so it unpickles only when the command opts in."""
     if config.resume is not None and config.data.allow_pickle is None:
@@ -142,7 +142,7 @@ def open_run_split(config: TrainConfig, split: str, expected: DataLayout | None,
     else:
         groups = resolve_task_dirs(*selection, split if alone else "train")
         stores = open_task_groups(groups, split, selection[0],
-                                  allow_pickle=pickle_setting(config))
+                                  allow_pickle=_pickle_setting(config))
     return [group for group in stores if group]
 
 
