@@ -56,9 +56,9 @@ def evaluation_config(config: TrainConfig, data_path: str | None, *, allow_pickl
     files are unpickled only with ``--allow-pickle``; a ``--data_path`` the user names gets a
     fresh training run's default (pack an out.npy that has no packed store yet).
     """
-    data = replace(config.data, allow_image_mismatch=allow_image_mismatch,
+    load = replace(config.data.load, allow_image_mismatch=allow_image_mismatch,
                    allow_pickle=True if allow_pickle else (None if data_path else False))
-    return replace(config, data=data, resume=None,
+    return replace(config, data=replace(config.data, load=load), resume=None,
                    data_path=str(data_path) if data_path else config.data_path)
 
 
@@ -72,7 +72,7 @@ def evaluate_run(run_dir: Path, *, checkpoint: Any = None, data_path: str | None
     restored = restore_agent(run_dir, checkpoint, device=device, use_ema=use_ema)
     config = evaluation_config(restored.config, data_path, allow_pickle=allow_pickle,
                                allow_image_mismatch=allow_image_mismatch)
-    layout = DataLayout(restored.agent.shapes.image_size, config.data.camera,
+    layout = DataLayout(restored.agent.shapes.image_size, config.data.load.camera,
                         restored.agent.shapes.action_dim, restored.agent.shapes.proprio_dim,
                         str(restored.path))
     data = load_run_data(config, torch.device(device), expected=layout)
@@ -90,7 +90,7 @@ def evaluate_run(run_dir: Path, *, checkpoint: Any = None, data_path: str | None
     batch = batch_size or config.val_batch_size
 
     def batches() -> Any:
-        return iterate_validation(data.val, config.data, batch, seed=config.seed,
+        return iterate_validation(data.val, config.data.sample, batch, seed=config.seed,
                                   max_batches=max_batches)
 
     metrics = evaluate(restored.agent, batches(), seed=config.seed, info=DistInfo(),
@@ -112,15 +112,15 @@ def plot_actions(agent: torch.nn.Module, data: RunData, config: Any, path: Path,
     """Predicted vs true (first chunk step, robot units) over the first val transitions."""
     true, predicted = [], []
     generator = torch.Generator(device=next(agent.parameters()).device).manual_seed(config.seed)
-    for batch in iterate_validation(data.val, config.data, transitions, seed=config.seed,
+    for batch in iterate_validation(data.val, config.data.sample, transitions, seed=config.seed,
                                     max_batches=1):
         with torch.no_grad():
             out = agent.sample_actions(batch[OBSERVATIONS], batch.get(GOALS), argmax=True,
                                        generator=generator)
         true = denormalize(batch[ACTIONS][:, 0].float().cpu().numpy(), data.stats["actions"],
-                           config.data.normalization_type)
+                           config.data.sample.normalization_type)
         predicted = denormalize(out[:, 0].float().cpu().numpy(), data.stats["actions"],
-                                config.data.normalization_type)
+                                config.data.sample.normalization_type)
     boundaries = np.cumsum(data.val.traj_length.cpu().numpy())
     names = [action_name(d, true.shape[1]) for d in range(true.shape[1])]
     figure = action_figure(true, predicted, names=names, boundaries=[

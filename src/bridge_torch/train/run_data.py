@@ -28,6 +28,7 @@ from bridge_torch.data.store import PackedStore
 from bridge_torch.data.store_checks import check_statistics
 from bridge_torch.train import runs
 from bridge_torch.train.config import TrainConfig
+from bridge_torch.train.data_config import migrate_config
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ class DataLayout:
     @classmethod
     def of_checkpoint(cls, state: dict, source: str) -> "DataLayout":
         shapes = state["agent_shapes"]
-        return cls(int(shapes["image_size"]), str(state["config"]["data"]["camera"]),
+        saved = migrate_config(state["config"], source=source)  # also a checkpoint's flat keys
+        return cls(int(shapes["image_size"]), str(saved["data"]["load"]["camera"]),
                    int(shapes["action_dim"]), int(shapes["proprio_dim"]), source)
 
 
@@ -125,24 +127,27 @@ def load_run_data(config: TrainConfig, device: torch.device, stats: dict | None 
             checkpoint.
     """
     expected = expected or _resume_layout(config)
-    allow_pickle = False if config.resume is not None and config.data.allow_pickle is None \
-        else config.data.allow_pickle
+    allow_pickle = False if config.resume is not None and config.data.load.allow_pickle is None \
+        else config.data.load.allow_pickle
     escape = "--allow-image-mismatch" if config.resume is None else \
         "data.allow_image_mismatch=true"
     train_stores = _open_split(config, "train", allow_pickle, expected)
     val_stores = [group for group in _open_split(config, "val", allow_pickle, expected) if group]
     if expected is not None:
         check_layout(expected, [s for group in train_stores + val_stores for s in group],
-                     config.data.camera, allow_image_mismatch=config.data.allow_image_mismatch,
-                     escape=escape)
+                     config.data.load.camera,
+                     allow_image_mismatch=config.data.load.allow_image_mismatch, escape=escape)
     if stats is None:
-        stats = training_statistics(train_stores, relabel_actions=config.data.relabel_actions)
+        stats = training_statistics(train_stores,
+                                    relabel_actions=config.data.sample.relabel_actions)
     else:
         _check_given_stats(stats, train_stores[0][0], expected.source if expected else "given",
-                           config.data.normalization_type)
-    train = TrainingData.from_stores(train_stores, stats, config.data, device)
+                           config.data.sample.normalization_type)
+    train = TrainingData.from_stores(train_stores, stats, config.data.load, config.data.sample,
+                                     device)
     # sub-datasets only weight training draws: validation keeps every task that has a val split
-    val = TrainingData.from_stores(val_stores, stats, config.data, device) if val_stores else None
+    val = TrainingData.from_stores(val_stores, stats, config.data.load, config.data.sample,
+                                   device) if val_stores else None
     if val is None:
         log.warning("no task directory under %s has a val split: validation is skipped",
                     config.data_path)
@@ -150,6 +155,6 @@ def load_run_data(config: TrainConfig, device: torch.device, stats: dict | None 
     if height != width:
         raise ValueError(f"the encoders expect square images, the stores hold {height}x{width}")
     shapes = AgentShapes(action_dim=train.action_dim, proprio_dim=train.proprio_dim,
-                         obs_horizon=config.data.obs_horizon,
-                         act_pred_horizon=config.data.act_pred_horizon, image_size=height)
+                         obs_horizon=config.data.sample.obs_horizon,
+                         act_pred_horizon=config.data.sample.act_pred_horizon, image_size=height)
     return RunData(train, val, stats, shapes)
