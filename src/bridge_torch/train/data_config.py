@@ -75,8 +75,8 @@ def migrate_data(data: Any, *, source: str) -> Any:
             raise ValueError(f"{source}: data.{section} must be a section of settings, got "
                              f"{current!r}")
         migrated[section] = {**(current or {}), name: value}
-        moved.append(NOTICE.format(old=key, new=FLAT_KEYS[key]))
-    log.info("%s: %s", source, "; ".join(moved))
+        moved.append(f"data.{FLAT_KEYS[key]}")
+    log.info("%s: flat data keys read as %s", source, ", ".join(moved))
     return migrated
 
 
