@@ -20,6 +20,8 @@ import yaml
 from hydra.errors import ConfigCompositionException
 
 from bridge_torch.cli_errors import dataclass_keys, hydra_error_message
+from bridge_torch.data.config import LoadConfig, SampleConfig
+from bridge_torch.data.training_data import TrainingData
 from bridge_torch.deploy.policy import Policy
 from bridge_torch.deploy.restore import restore_agent
 from bridge_torch.port_compat import translate_train_argv
@@ -221,3 +223,10 @@ def test_migrate_data_moves_flat_keys_and_leaves_the_rest() -> None:
         migrate_data({"sample": 3, "obs_horizon": 2}, source="run/config.yaml")
     yaml_text = to_yaml(compose_config(["data_path=/d"]))
     assert "obs_horizon" not in yaml.safe_load(yaml_text)["data"]  # new runs save the sections
+
+
+def test_training_data_needs_the_derived_load_settings() -> None:
+    """The training config fills load_goals / load_saliency in; left null, opening refuses."""
+    assert compose_config(["data_path=/d"]).data.load.load_goals is True  # derived: gc_bc
+    with pytest.raises(ValueError, match=r"data\.load\.load_goals / load_saliency are null"):
+        TrainingData.from_stores([], {}, LoadConfig(load_goals=None), SampleConfig(), "cpu")

@@ -109,6 +109,11 @@ def _alias(key: str) -> str:
     return "${data." + FLAT_KEYS[key] + "}"
 
 
+def _within(key: str, section: str) -> bool:
+    """Whether ``key`` is ``section`` or lies below it (``data.sample.x`` within ``data``)."""
+    return key == section or key.startswith(section + ".")
+
+
 def add_aliases(schema: DictConfig) -> None:
     """Give the composition schema's data section one alias per flat key (see module doc)."""
     with open_dict(schema.data):
@@ -127,11 +132,9 @@ def resolve_aliases(cfg: DictConfig, overrides: list[str]) -> None:
     raw = OmegaConf.to_container(data, resolve=False)
     if not FLAT_KEYS.keys() & raw.keys():
         return  # composed without the aliases
-    given = {key: raw[key] for key in FLAT_KEYS if key in raw and raw[key] != _alias(key)}
     overridden = [token.lstrip("+~").partition("=")[0] for token in overrides]
-    kept = {key: value for key, value in given.items()
-            if not any(f"data.{FLAT_KEYS[key]}" == o or f"data.{FLAT_KEYS[key]}".startswith(o + ".")
-                       for o in overridden)}
+    kept = {key: raw[key] for key in FLAT_KEYS if key in raw and raw[key] != _alias(key)
+            and not any(_within(f"data.{FLAT_KEYS[key]}", o) for o in overridden)}
     with open_dict(data):
         for key in FLAT_KEYS:
             data.pop(key, None)
