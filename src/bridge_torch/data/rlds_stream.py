@@ -56,8 +56,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RldsStreamConfig:
-    """How a TFDS directory given as ``data_path`` is packed. The camera is ``data.camera``: the
-    cache holds only the camera training reads."""
+    """How a TFDS directory given as ``data_path`` is packed. The camera is
+    ``data.load.camera``: the cache holds only the camera training reads."""
 
     im_size: int = 128  # side of the square frames packed into the cache (the converter's default)
 

@@ -112,7 +112,7 @@ def _open_split(config: TrainConfig, split: str, allow_pickle: bool | None,
     selection = (Path(config.data_path), bridgedata.sub_datasets(), bridgedata.exclude)
     if is_stream_path(config.data_path):
         im_size = expected.image_size if expected is not None else config.rlds.im_size
-        return open_tfds_split(*selection, split, camera=config.data.camera, im_size=im_size)
+        return open_tfds_split(*selection, split, camera=config.data.load.camera, im_size=im_size)
     return open_sub_datasets(*selection, split=split, allow_pickle=allow_pickle)
 
 
