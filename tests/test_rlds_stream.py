@@ -93,7 +93,8 @@ def test_training_from_the_tfds_dir_equals_training_on_its_conversion(cache: Pat
         assert ours.num_transitions == theirs.num_transitions
         every = torch.arange(ours.frames.num_rows)
         assert torch.equal(ours.frames.gather(every), theirs.frames.gather(every))
-        samplers = [TransitionSampler(d, configs["stream"].data, seed=7) for d in (ours, theirs)]
+        samplers = [TransitionSampler(d, configs["stream"].data.sample, seed=7)
+                    for d in (ours, theirs)]
         for _ in range(3):  # the same seed draws the same batches, value for value
             a, b = (_flat(s.sample(8)) for s in samplers)
             assert a.keys() == b.keys()
