@@ -23,7 +23,6 @@ reports its own peak RSS. Prints a table; the last line is the results as one JS
 """
 
 import argparse
-import dataclasses
 import functools
 import itertools
 import json
@@ -40,8 +39,9 @@ from bridge_torch.batch import GOALS, IMAGE, OBSERVATIONS
 from bridge_torch.data.augment import cpu_kernel as augment_cpu
 from bridge_torch.data.augment.augmenter import AugmentConfig, Augmenter
 from bridge_torch.data.augment.ops import CONFIGURABLE_OPS, kernel_ops
+from bridge_torch.data.config import LoadConfig
 from bridge_torch.data.datasets import open_split
-from bridge_torch.data.sampler import SamplerConfig, TrainingData, TransitionSampler
+from bridge_torch.data.sampler import SampleConfig, TrainingData, TransitionSampler
 from bridge_torch.data.sources.legacy_numpy import save_out_npy
 from bridge_torch.data.store import open_store, write_store
 from bridge_torch.triton_support import kernels_run_on
@@ -112,8 +112,8 @@ def measure_sampling(store_paths: list[Path], args: argparse.Namespace) -> list[
     for name in devices:
         device = torch.device(name)
         for horizon in args.obs_horizons:
-            cfg = SamplerConfig(obs_horizon=horizon, act_pred_horizon=args.act_pred_horizon)
-            data = TrainingData.from_stores([stores], stats, cfg, device)
+            cfg = SampleConfig(obs_horizon=horizon, act_pred_horizon=args.act_pred_horizon)
+            data = TrainingData.from_stores([stores], stats, LoadConfig(), cfg, device)
             sampler = TransitionSampler(data, cfg, seed=0)
             augmenters = {
                 "+ augment, PyTorch eager": AugmentConfig(native_cpu=False, compile=False),
@@ -123,9 +123,9 @@ def measure_sampling(store_paths: list[Path], args: argparse.Namespace) -> list[
             elif kernels_run_on(torch.empty(0, device=device)):
                 augmenters["+ augment, Triton kernel"] = AugmentConfig(fused_cuda=True)
             # frames gathered from the memory maps on the host (and copied over to CUDA)
-            host_cfg = dataclasses.replace(cfg, frame_storage="host")
-            host = TransitionSampler(TrainingData.from_stores([stores], stats, host_cfg, device),
-                                     host_cfg, seed=0)
+            host_data = TrainingData.from_stores([stores], stats, LoadConfig(frame_storage="host"),
+                                                 cfg, device)
+            host = TransitionSampler(host_data, cfg, seed=0)
             steps = {"sample+gather": lambda s=sampler: s.sample(args.batch_size),
                      "sample+gather, frames on host": lambda s=host: s.sample(args.batch_size)}
             if device.type == "cuda":

@@ -47,13 +47,14 @@ def measure(args: argparse.Namespace, algo: str, precision: str) -> dict:
     """Runs in the child process: one (agent, precision) configuration."""
     config = compose_config([f"algo={algo}", f"encoder.name={args.encoder}", "data_path=unused"])
     device = torch.device(args.device)
-    shapes = AgentShapes(action_dim=7, proprio_dim=7, obs_horizon=config.data.obs_horizon,
-                         act_pred_horizon=config.data.act_pred_horizon, image_size=args.image_size)
+    sample = config.data.sample
+    shapes = AgentShapes(action_dim=7, proprio_dim=7, obs_horizon=sample.obs_horizon,
+                         act_pred_horizon=sample.act_pred_horizon, image_size=args.image_size)
     agent = build_agent(algo, config.model, config.encoder, config.saliency, shapes)
     agent = agent.to(device).eval()
     generator = torch.Generator(device=device).manual_seed(0)
     size = args.image_size
-    observation = {IMAGE: torch.randint(0, 256, (1, config.data.obs_horizon, size, size, 3),
+    observation = {IMAGE: torch.randint(0, 256, (1, sample.obs_horizon, size, size, 3),
                                         dtype=torch.uint8, generator=generator, device=device)}
     goal = {IMAGE: observation[IMAGE][:, -1]} if algo != "bc" else None
     dtype = PRECISIONS[precision]

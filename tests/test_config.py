@@ -43,14 +43,14 @@ def test_default_composition_is_the_jax_gc_bc_config():
 
 def test_algo_presets():
     bc = compose_config(["data_path=/d", "algo=bc"])
-    assert bc.algo == "bc" and not bc.data.load_goals and not bc.ema.enabled
+    assert bc.algo == "bc" and not bc.data.load.load_goals and not bc.ema.enabled
     ddpm = compose_config(["data_path=/d", "algo=gc_ddpm_bc"])
     assert ddpm.algo == "gc_ddpm_bc"
     assert ddpm.ema.enabled and ddpm.ema.rate == 0.002
     assert (ddpm.model.time_dim, ddpm.model.num_blocks, ddpm.model.diffusion_steps) == (32, 3, 20)
     assert ddpm.model.beta_schedule == "cosine" and ddpm.model.clip_sampler
-    assert (ddpm.data.obs_horizon, ddpm.data.act_pred_horizon) == (1, 1)
-    assert ddpm.data.load_goals
+    assert (ddpm.data.sample.obs_horizon, ddpm.data.sample.act_pred_horizon) == (1, 1)
+    assert ddpm.data.load.load_goals
 
 
 def test_bridgedata_preset_and_overrides():
@@ -63,7 +63,7 @@ def test_bridgedata_preset_and_overrides():
 
 def test_saliency_switch_turns_on_target_loading():
     config = compose_config(["data_path=/d", "saliency.enabled=true", "saliency.alpha=0.5"])
-    assert config.data.load_saliency and config.data.saliency_alpha == 0.5
+    assert config.data.load.load_saliency and config.data.sample.saliency_alpha == 0.5
     with pytest.raises(ValueError, match="load_saliency"):
         compose_config(["data_path=/d", "saliency.enabled=true", "data.load_saliency=false"])
 

@@ -164,7 +164,7 @@ def check_meaning(name: str, run_dir: Path) -> None:
         augment = config.data.augment
         assert augment.brightness == 0.1 and augment.crop_scale == [0.9, 1.0]
         assert augment.order == ["crop", "brightness"] and augment_draws(run_dir)
-        assert config.saliency.alpha == config.data.saliency_alpha == 0.5
+        assert config.saliency.alpha == config.data.sample.saliency_alpha == 0.5
         assert (config.encoder.name, config.encoder.pooling_method, config.encoder.act) == (
             "resnetv1-mini-bridge", "max", "relu")
 
@@ -257,10 +257,11 @@ ALIAS_CASES = [
     ("data.augment=false", "data.augment.enabled", False),
     ("data.augment=true", "data.augment.enabled", True),
     ("data.saliency_alpha=0.3", "saliency.alpha", 0.3),
-    ("data.saliency_alpha=0.3", "data.saliency_alpha", 0.3),
+    ("data.saliency_alpha=0.3", "data.sample.saliency_alpha", 0.3),
     ("data.augment_next_obs_goal_differently=true",
      "data.augment.augment_next_obs_goal_differently", True),
-    ("data.goal_relabeling_kwargs.reached_proportion=0.2", "data.reached_proportion", 0.2),
+    ("data.goal_relabeling_kwargs.reached_proportion=0.2", "data.sample.reached_proportion",
+     0.2),
     ("data.augment_kwargs.random_resized_crop.scale=[0.5,1.0]", "data.augment.crop_scale",
      [0.5, 1.0]),
     ("data.augment_kwargs.random_resized_crop.ratio=[0.8,1.2]", "data.augment.crop_ratio",

@@ -98,7 +98,8 @@ def test_training_from_the_tfds_dir_equals_training_on_its_conversion(cache: Pat
         assert ours.num_transitions == theirs.num_transitions
         every = torch.arange(ours.frames.num_rows)
         assert torch.equal(ours.frames.gather(every), theirs.frames.gather(every))
-        samplers = [TransitionSampler(d, configs["stream"].data, seed=7) for d in (ours, theirs)]
+        samplers = [TransitionSampler(d, configs["stream"].data.sample, seed=7)
+                    for d in (ours, theirs)]
         for _ in range(3):  # the same seed draws the same batches, value for value
             a, b = (_flat(s.sample(8)) for s in samplers)
             assert a.keys() == b.keys()
@@ -249,7 +250,7 @@ def test_two_processes_packing_at_once_pack_every_shard_once(cache: Path, releas
 @pytest.mark.parametrize(("overrides", "message"), [
     (["bridgedata.include=[[a/*]]"], "is a TFDS directory, trained on as one sub-dataset"),
     (["bridgedata.exclude=[x]"], "--group_by task"),
-    (["data.camera=image_1"], "use data.camera=images1"),
+    (["data.camera=image_1"], "use data.load.camera=images1"),
     (["data.camera=images7"], r"cameras \['images7'\] are not in the rail release"),
 ])
 def test_settings_a_tfds_dir_cannot_honour_are_refused(cache: Path, tmp_path: Path,

@@ -5,6 +5,9 @@ pixel channel 0 = frame index within the trajectory, channel 1 = trajectory id, 
 column 0 = action index + 1000 * trajectory id, so every gathered value can be checked exactly.
 """
 
+from dataclasses import fields
+from typing import NamedTuple
+
 import numpy as np
 import pytest
 import torch
@@ -19,8 +22,9 @@ from bridge_torch.batch import (
     SALIENCY_MASK,
 )
 from bridge_torch.data import training_data
+from bridge_torch.data.config import LoadConfig
 from bridge_torch.data.sampler import (
-    SamplerConfig,
+    SampleConfig,
     TrainingData,
     TransitionSampler,
     iterate_validation,
@@ -52,13 +56,29 @@ def build_store(path, lengths, first_id=0, saliency=None):
     return open_store(write_store(path, trajectories, progress=False))
 
 
+class Settings(NamedTuple):
+    """What the data is opened with and how it is sampled (the run config's data.load/sample)."""
+
+    load: LoadConfig
+    sample: SampleConfig
+
+
+LOAD_KEYS = {f.name for f in fields(LoadConfig)}
+
+
+def settings(**kwargs):
+    """``Settings`` from keyword arguments of either part."""
+    return Settings(LoadConfig(**{k: v for k, v in kwargs.items() if k in LOAD_KEYS}),
+                    SampleConfig(**{k: v for k, v in kwargs.items() if k not in LOAD_KEYS}))
+
+
 def raw_config(**kwargs):
     """Raw actions, no normalisation: batch values equal the encoded indices."""
-    return SamplerConfig(relabel_actions=False, normalization_type="none", **kwargs)
+    return settings(relabel_actions=False, normalization_type="none", **kwargs)
 
 
 def build_data(stores, cfg, device="cpu"):
-    return TrainingData.from_stores(stores, {}, cfg, device)
+    return TrainingData.from_stores(stores, {}, *cfg, device)
 
 
 def frame_of(images):
@@ -89,10 +109,10 @@ def store(tmp_path_factory):
 def test_batch_layout_matches_batch_module(tmp_path):
     maps = {0: np.random.default_rng(0).uniform(size=(7, SIZE, SIZE)).astype(np.float32)}
     store = build_store(tmp_path / "s", [6, 4], saliency=maps)
-    cfg = SamplerConfig(obs_horizon=2, act_pred_horizon=3, load_saliency=True)
+    cfg = settings(obs_horizon=2, act_pred_horizon=3, load_saliency=True)
     data = TrainingData.from_stores([[store]], {"actions": store.stats["actions_relabeled"],
-                                                "proprio": store.stats["proprio"]}, cfg, "cpu")
-    batch = TransitionSampler(data, cfg, seed=0).sample(5)
+                                                "proprio": store.stats["proprio"]}, *cfg, "cpu")
+    batch = TransitionSampler(data, cfg.sample, seed=0).sample(5)
     obs = batch[OBSERVATIONS]
     assert obs[IMAGE].shape == (5, 2, SIZE, SIZE, 3) and obs[IMAGE].dtype == torch.uint8
     assert obs[PROPRIO].shape == (5, 2, 7) and obs[PROPRIO].dtype == torch.float32
@@ -109,7 +129,7 @@ def test_windows_pad_first_frame_and_last_action(store):
     """Every transition once (validation order): obs t-2..t clamped at 0, actions t..t+3 at L-1."""
     cfg = raw_config(obs_horizon=3, act_pred_horizon=4)
     data = build_data([[store]], cfg)
-    batches = list(iterate_validation(data, cfg, 7, seed=0))
+    batches = list(iterate_validation(data, cfg.sample, 7, seed=0))
     images = torch.cat([b[OBSERVATIONS][IMAGE] for b in batches])
     proprio = torch.cat([b[OBSERVATIONS][PROPRIO] for b in batches])
     actions = torch.cat([b[ACTIONS] for b in batches])
@@ -127,7 +147,7 @@ def test_windows_pad_first_frame_and_last_action(store):
 
 def test_uniform_goals_without_reaching(store):
     cfg = raw_config(reached_proportion=0.0)
-    ids, t, goal = draw(TransitionSampler(build_data([[store]], cfg), cfg, seed=1), 40_000)
+    ids, t, goal = draw(TransitionSampler(build_data([[store]], cfg), cfg.sample, seed=1), 40_000)
     length = torch.tensor([5, 12, 3])[ids]
     last = t == length - 1
     assert torch.all(goal[last] == length[last])  # last transition: goal = final frame
@@ -142,13 +162,13 @@ def test_uniform_goals_without_reaching(store):
 
 def test_reached_proportion_one_gives_next_frame(store):
     cfg = raw_config(reached_proportion=1.0)
-    _, t, goal = draw(TransitionSampler(build_data([[store]], cfg), cfg, seed=0), 4096)
+    _, t, goal = draw(TransitionSampler(build_data([[store]], cfg), cfg.sample, seed=0), 4096)
     assert torch.equal(goal, t + 1)
 
 
 def test_reached_proportion_fraction(store):
     cfg = raw_config(reached_proportion=0.3)
-    ids, t, goal = draw(TransitionSampler(build_data([[store]], cfg), cfg, seed=0), 40_000)
+    ids, t, goal = draw(TransitionSampler(build_data([[store]], cfg), cfg.sample, seed=0), 40_000)
     not_last = t < torch.tensor([5, 12, 3])[ids] - 1
     fraction = (goal[not_last] == t[not_last] + 1).double().mean().item()
     assert abs(fraction - 0.3) < 0.02
@@ -157,7 +177,7 @@ def test_reached_proportion_fraction(store):
 def test_geometric_goal_offsets_follow_discount(tmp_path):
     store = build_store(tmp_path / "s", [40])
     cfg = raw_config(goal_relabeling_strategy="geometric", discount=0.6)
-    _, t, goal = draw(TransitionSampler(build_data([[store]], cfg), cfg, seed=0), 80_000)
+    _, t, goal = draw(TransitionSampler(build_data([[store]], cfg), cfg.sample, seed=0), 80_000)
     offset = goal - 1 - t  # k >= 1 steps ahead in next_observations
     early = t < 20  # far from the end: truncation of the geometric tail is negligible
     assert torch.all(offset[t < 39] >= 1)
@@ -170,7 +190,7 @@ def test_geometric_goal_offsets_follow_discount(tmp_path):
 def test_geometric_discount_one_is_uniform_over_future(tmp_path):
     store = build_store(tmp_path / "s", [10])
     cfg = raw_config(goal_relabeling_strategy="geometric", discount=1.0)
-    _, t, goal = draw(TransitionSampler(build_data([[store]], cfg), cfg, seed=0), 40_000)
+    _, t, goal = draw(TransitionSampler(build_data([[store]], cfg), cfg.sample, seed=0), 40_000)
     counts = torch.bincount(goal[t == 0], minlength=11)[2:].double()
     assert torch.all((counts / counts.mean() - 1).abs() < 0.25)
 
@@ -178,7 +198,7 @@ def test_geometric_discount_one_is_uniform_over_future(tmp_path):
 def test_last_state_upweighted(tmp_path):
     store = build_store(tmp_path / "s", [10])
     cfg = raw_config(goal_relabeling_strategy="last_state_upweighted")
-    _, t, goal = draw(TransitionSampler(build_data([[store]], cfg), cfg, seed=0), 60_000)
+    _, t, goal = draw(TransitionSampler(build_data([[store]], cfg), cfg.sample, seed=0), 60_000)
     # t = 7: offset uniform over 1..9, index min(7 + o, 9): P(goal frame 10) = 8/9, frame 9: 1/9
     late = goal[t == 7]
     assert set(late.tolist()) == {9, 10}
@@ -192,12 +212,12 @@ def test_delta_goals_truncates_and_bounds(tmp_path):
     store = build_store(tmp_path / "s", [10, 2])
     cfg = raw_config(goal_relabeling_strategy="delta_goals", goal_delta=[2, 5], act_pred_horizon=3)
     data = build_data([[store]], cfg)
-    ids, t, goal = draw(TransitionSampler(data, cfg, seed=0), 20_000)
+    ids, t, goal = draw(TransitionSampler(data, cfg.sample, seed=0), 20_000)
     assert torch.all(ids == 0)  # the 2-step trajectory has no transition left
     assert t.max().item() == 7  # transitions 0 .. L-lo-1
     assert torch.all(goal >= t + 2) and torch.all(goal < torch.clamp(t + 5, max=11))
     assert set(goal[t == 7].tolist()) == {9, 10}  # [9, min(11, 12)) -> frames 9, 10
-    batches = list(iterate_validation(data, cfg, 100, seed=0))
+    batches = list(iterate_validation(data, cfg.sample, 100, seed=0))
     assert frame_of(batches[0][OBSERVATIONS][IMAGE][:, -1]).tolist() == list(range(8))
     # action chunks still see the whole trajectory
     assert batches[0][ACTIONS][7, :, 0].tolist() == [7.0, 8.0, 9.0]
@@ -208,16 +228,16 @@ def test_sample_weights_mix_sub_datasets(tmp_path):
     second = build_store(tmp_path / "b", [40], first_id=10)
     cfg = raw_config()
     data = build_data([[first], [second]], cfg)
-    ids, _, _ = draw(TransitionSampler(data, cfg, sample_weights=[0.8, 0.2], seed=0), 40_000)
+    ids, _, _ = draw(TransitionSampler(data, cfg.sample, sample_weights=[0.8, 0.2], seed=0), 40_000)
     assert abs((ids < 10).double().mean().item() - 0.8) < 0.015
-    ids, _, _ = draw(TransitionSampler(data, cfg, seed=0), 40_000)  # None: uniform over subs
+    ids, _, _ = draw(TransitionSampler(data, cfg.sample, seed=0), 40_000)  # None: uniform over subs
     assert abs((ids < 10).double().mean().item() - 0.5) < 0.015
 
 
 def test_transitions_uniform_not_trajectories(tmp_path):
     store = build_store(tmp_path / "s", [2, 18])
     cfg = raw_config()
-    ids, t, _ = draw(TransitionSampler(build_data([[store]], cfg), cfg, seed=0), 40_000)
+    ids, t, _ = draw(TransitionSampler(build_data([[store]], cfg), cfg.sample, seed=0), 40_000)
     assert abs((ids == 1).double().mean().item() - 0.9) < 0.01
     counts = torch.bincount(t[ids == 1], minlength=18).double()
     assert torch.all((counts / counts.mean() - 1).abs() < 0.15)
@@ -228,7 +248,7 @@ def test_bad_sample_weights(store):
     data = build_data([[store], [store]], cfg)
     for weights in ([0.5, 0.6], [1.0], [1.2, -0.2]):
         with pytest.raises(ValueError, match="sample_weights"):
-            TransitionSampler(data, cfg, sample_weights=weights, seed=0)
+            TransitionSampler(data, cfg.sample, sample_weights=weights, seed=0)
 
 
 @pytest.mark.parametrize("kind", ["normal", "bounds"])
@@ -236,8 +256,8 @@ def test_normalisation_applied(store, kind):
     stats = {name: {"mean": np.linspace(1, 2, 7).tolist(), "std": np.linspace(2, 3, 7).tolist(),
                     "min": np.linspace(-5, 0, 7).tolist(), "max": np.linspace(10, 3000, 7).tolist()}
              for name in ("actions", "proprio")}
-    cfg = SamplerConfig(normalization_type=kind, relabel_actions=True)
-    data = TrainingData.from_stores([[store]], stats, cfg, "cpu")
+    cfg = settings(normalization_type=kind, relabel_actions=True)
+    data = TrainingData.from_stores([[store]], stats, *cfg, "cpu")
 
     def expected(x, entry):
         if kind == "normal":
@@ -251,16 +271,16 @@ def test_normalisation_applied(store, kind):
     np.testing.assert_allclose(data.proprio.numpy(),
                                expected(np.asarray(store.proprio), stats["proprio"]),
                                rtol=1e-5, atol=1e-6)
-    batch = next(iterate_validation(data, cfg, 4, seed=0))
+    batch = next(iterate_validation(data, cfg.sample, 4, seed=0))
     np.testing.assert_allclose(batch[OBSERVATIONS][PROPRIO][:, 0].numpy(),
                                data.proprio[:4].numpy())
 
 
 def test_stats_must_match_dimensions(store):
-    cfg = SamplerConfig()
+    cfg = settings()
     with pytest.raises(ValueError, match="stats"):
         TrainingData.from_stores([[store]], {"actions": {"mean": [0.0], "std": [1.0]},
-                                             "proprio": store.stats["proprio"]}, cfg, "cpu")
+                                             "proprio": store.stats["proprio"]}, *cfg, "cpu")
 
 
 def test_saliency_aggregation_and_mask(tmp_path):
@@ -271,7 +291,7 @@ def test_saliency_aggregation_and_mask(tmp_path):
     store = build_store(tmp_path / "s", [4, 3, 3], saliency={0: maps, 2: zeros})
     cfg = raw_config(obs_horizon=2, load_saliency=True, saliency_alpha=0.5)
     data = build_data([[store]], cfg)
-    batch = next(iterate_validation(data, cfg, 100, seed=0))
+    batch = next(iterate_validation(data, cfg.sample, 100, seed=0))
     target, mask = batch[OBSERVATIONS][SALIENCY], batch[OBSERVATIONS][SALIENCY_MASK]
     stored = torch.from_numpy(maps.astype(np.float16).astype(np.float32))
     for t in range(4):
@@ -283,28 +303,29 @@ def test_saliency_aggregation_and_mask(tmp_path):
     assert mask[4:].tolist() == [False] * 6  # no saliency / all-zero saliency
     assert torch.all(target[4:] == 0)
     single = raw_config(obs_horizon=1, load_saliency=True)
-    batch = next(iterate_validation(build_data([[store]], single), single, 4, seed=0))
+    batch = next(iterate_validation(build_data([[store]], single), single.sample, 4, seed=0))
     assert batch[OBSERVATIONS][SALIENCY_MASK].tolist() == [True, True, False, True]
 
 
 def test_validation_covers_every_transition_once_in_order(store):
     cfg = raw_config()
     data = build_data([[store], [store]], cfg)
-    first = list(iterate_validation(data, cfg, 8, seed=3))
+    first = list(iterate_validation(data, cfg.sample, 8, seed=3))
     assert [b[ACTIONS].shape[0] for b in first] == [8] * 5
-    sizes = [b[ACTIONS].shape[0] for b in iterate_validation(data, cfg, 12, seed=3)]
+    sizes = [b[ACTIONS].shape[0] for b in iterate_validation(data, cfg.sample, 12, seed=3)]
     assert sizes == [12, 12, 12, 4]
     rows = torch.cat([b[ACTIONS][:, 0, 0] for b in first])
     assert rows.tolist() == 2 * (list(range(5)) + [1000 + t for t in range(12)] +
                                  [2000 + t for t in range(3)])
-    again = list(iterate_validation(data, cfg, 8, seed=3))
+    again = list(iterate_validation(data, cfg.sample, 8, seed=3))
     for a, b in zip(first, again, strict=True):
         assert torch.equal(a[GOALS][IMAGE], b[GOALS][IMAGE])
-    other = list(iterate_validation(data, cfg, 8, seed=4))
+    other = list(iterate_validation(data, cfg.sample, 8, seed=4))
     pairs = zip(first, other, strict=True)
     assert not all(torch.equal(a[GOALS][IMAGE], b[GOALS][IMAGE]) for a, b in pairs)
-    assert len(list(iterate_validation(data, cfg, 8, seed=3, max_batches=2))) == 2
-    shards = [list(iterate_validation(data, cfg, 8, seed=3, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(list(iterate_validation(data, cfg.sample, 8, seed=3, max_batches=2))) == 2
+    shards = [list(iterate_validation(data, cfg.sample, 8, seed=3, rank=r, world_size=2))
+              for r in (0, 1)]
     assert [len(s) for s in shards] == [3, 2]
     for number, batch in enumerate(first):
         shard = shards[number % 2][number // 2]
@@ -315,9 +336,9 @@ def test_validation_covers_every_transition_once_in_order(store):
 def test_seeded_determinism(store):
     cfg = raw_config(obs_horizon=2)
     data = build_data([[store]], cfg)
-    a = TransitionSampler(data, cfg, seed=5).sample(64)
-    b = TransitionSampler(data, cfg, seed=5).sample(64)
-    c = TransitionSampler(data, cfg, seed=6).sample(64)
+    a = TransitionSampler(data, cfg.sample, seed=5).sample(64)
+    b = TransitionSampler(data, cfg.sample, seed=5).sample(64)
+    c = TransitionSampler(data, cfg.sample, seed=6).sample(64)
     assert torch.equal(a[OBSERVATIONS][IMAGE], b[OBSERVATIONS][IMAGE])
     assert torch.equal(a[GOALS][IMAGE], b[GOALS][IMAGE])
     assert not torch.equal(a[OBSERVATIONS][IMAGE], c[OBSERVATIONS][IMAGE])
@@ -326,12 +347,12 @@ def test_seeded_determinism(store):
 def test_state_dict_resume(store, tmp_path):
     cfg = raw_config()
     data = build_data([[store]], cfg)
-    sampler = TransitionSampler(data, cfg, seed=0)
+    sampler = TransitionSampler(data, cfg.sample, seed=0)
     for _ in range(3):
         sampler.sample(16)
     torch.save(sampler.state_dict(), tmp_path / "state.pt")
     expected = [sampler.sample(16) for _ in range(2)]
-    resumed = TransitionSampler(data, cfg, seed=0)
+    resumed = TransitionSampler(data, cfg.sample, seed=0)
     resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
     for batch in expected:
         again = resumed.sample(16)
@@ -348,7 +369,7 @@ def test_host_storage_matches_device_storage(tmp_path):
         cfg = raw_config(obs_horizon=2, load_saliency=True, frame_storage=storage)
         data = build_data(stores, cfg)
         assert data.frames.on_device == data.saliency.on_device == (storage == "device")
-        results.append(TransitionSampler(data, cfg, seed=0).sample(128))
+        results.append(TransitionSampler(data, cfg.sample, seed=0).sample(128))
     for key in (IMAGE, SALIENCY, SALIENCY_MASK):
         assert torch.equal(results[0][OBSERVATIONS][key], results[1][OBSERVATIONS][key])
     assert torch.equal(results[0][GOALS][IMAGE], results[1][GOALS][IMAGE])
@@ -390,7 +411,7 @@ def test_auto_storage_places_frames_and_saliency_together(tmp_path, monkeypatch)
 
 def test_a_state_of_another_generator_kind_is_refused(store):
     cfg = raw_config()
-    sampler = TransitionSampler(build_data([[store]], cfg), cfg, seed=0)
+    sampler = TransitionSampler(build_data([[store]], cfg), cfg.sample, seed=0)
     cuda_like = {"generator": torch.zeros(16, dtype=torch.uint8), "seed": 0}
     with pytest.raises(ValueError, match="CPU generator state"):
         sampler.load_state_dict(cuda_like)
@@ -398,7 +419,7 @@ def test_a_state_of_another_generator_kind_is_refused(store):
 
 def test_without_goals(store):
     cfg = raw_config(load_goals=False)
-    batch = TransitionSampler(build_data([[store]], cfg), cfg, seed=0).sample(8)
+    batch = TransitionSampler(build_data([[store]], cfg), cfg.sample, seed=0).sample(8)
     assert GOALS not in batch and batch[OBSERVATIONS][IMAGE].shape == (8, 1, SIZE, SIZE, 3)
 
 
@@ -410,7 +431,7 @@ def test_without_goals(store):
 ])
 def test_bad_config_names_the_key(key, value):
     with pytest.raises(ValueError, match=key):
-        SamplerConfig(**{key: value})
+        settings(**{key: value})
 
 
 def test_mismatched_stores_rejected(tmp_path):
@@ -432,7 +453,7 @@ def test_mismatched_stores_rejected(tmp_path):
 def test_cuda_sampling_matches_layout(store):
     cfg = raw_config(obs_horizon=2, act_pred_horizon=2)
     data = build_data([[store]], cfg, device="cuda")
-    batch = TransitionSampler(data, cfg, seed=0).sample(32)
+    batch = TransitionSampler(data, cfg.sample, seed=0).sample(32)
     assert batch[OBSERVATIONS][IMAGE].device.type == "cuda"
     assert batch[OBSERVATIONS][IMAGE].shape == (32, 2, SIZE, SIZE, 3)
     t = frame_of(batch[OBSERVATIONS][IMAGE][:, -1])
@@ -441,8 +462,8 @@ def test_cuda_sampling_matches_layout(store):
     host = build_data([[store]], raw_config(obs_horizon=2, act_pred_horizon=2,
                                             frame_storage="host"), device="cuda")
     assert host.device.type == "cpu" and host.batch_device.type == "cuda"
-    again = TransitionSampler(host, cfg, seed=0).sample(32)
-    on_cpu = TransitionSampler(build_data([[store]], cfg), cfg, seed=0).sample(32)
+    again = TransitionSampler(host, cfg.sample, seed=0).sample(32)
+    on_cpu = TransitionSampler(build_data([[store]], cfg), cfg.sample, seed=0).sample(32)
     for other in (again, on_cpu):  # one CPU random stream: the same batch everywhere
         for key in (OBSERVATIONS, GOALS):
             for name, value in batch[key].items():

@@ -151,7 +151,7 @@ def test_an_opt_in_saved_in_the_run_directory_is_not_inherited(planted_run: tupl
     run_dir, marker = planted_run
     set_run_data_path(run_dir, run_dir / "data", allow_pickle=True, allow_image_mismatch=True)
     config = compose_config([f"resume={run_dir}"])
-    assert config.data.allow_pickle is None and config.data.allow_image_mismatch is False
+    assert config.data.load.allow_pickle is None and config.data.load.allow_image_mismatch is False
     with pytest.raises(PickleRefused):
         load_run_data(config, CPU)
     assert not marker.exists()

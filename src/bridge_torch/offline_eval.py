@@ -73,10 +73,11 @@ def evaluation_config(config: TrainConfig, shapes: AgentShapes, data_path: str |
     files are unpickled only with ``--allow-pickle``; a ``--data_path`` the user names gets a
     fresh training run's default (pack an out.npy that has no packed store yet).
     """
-    data = replace(config.data, allow_image_mismatch=allow_image_mismatch,
-                   allow_pickle=True if allow_pickle else (None if data_path else False),
-                   obs_horizon=shapes.obs_horizon, act_pred_horizon=shapes.act_pred_horizon)
-    return replace(config, data=data, resume=None,
+    load = replace(config.data.load, allow_image_mismatch=allow_image_mismatch,
+                   allow_pickle=True if allow_pickle else (None if data_path else False))
+    sample = replace(config.data.sample, obs_horizon=shapes.obs_horizon,
+                     act_pred_horizon=shapes.act_pred_horizon)
+    return replace(config, data=replace(config.data, load=load, sample=sample), resume=None,
                    data_path=str(data_path) if data_path else config.data_path)
 
 
@@ -105,7 +106,7 @@ def evaluation_data(restored: RestoredAgent, config: TrainConfig, split: str,
                     device: torch.device, *, allow_stats_mismatch: bool) -> TrainingData:
     """``split`` alone, checked against the checkpoint and normalised with its statistics."""
     shapes = restored.agent.shapes
-    layout = DataLayout(shapes.image_size, config.data.camera, shapes.action_dim,
+    layout = DataLayout(shapes.image_size, config.data.load.camera, shapes.action_dim,
                         shapes.proprio_dim, str(restored.path))
     stores = open_run_split(config, split, layout, alone=True)
     if not stores:
@@ -114,14 +115,16 @@ def evaluation_data(restored: RestoredAgent, config: TrainConfig, split: str,
         recorded, skipped = recorded_train_split(config, layout, evaluated=split), ""
     except NotPacked as why:
         recorded, skipped = [], str(why)
-    check_layout(layout, [*recorded, *(s for group in stores for s in group)], config.data.camera,
-                 allow_image_mismatch=config.data.allow_image_mismatch,
+    check_layout(layout, [*recorded, *(s for group in stores for s in group)],
+                 config.data.load.camera,
+                 allow_image_mismatch=config.data.load.allow_image_mismatch,
                  escape="--allow-image-mismatch")
-    check_train_statistics(restored, recorded, skipped, config.data.relabel_actions,
+    check_train_statistics(restored, recorded, skipped, config.data.sample.relabel_actions,
                            allow_stats_mismatch=allow_stats_mismatch)
     check_given_stats(restored.stats, stores[0][0], str(restored.path),
-                      config.data.normalization_type)
-    return TrainingData.from_stores(stores, restored.stats, config.data, device)
+                      config.data.sample.normalization_type)
+    return TrainingData.from_stores(stores, restored.stats, config.data.load, config.data.sample,
+                                   device)
 
 
 def evaluate_run(run_dir: Path, *, checkpoint: Any = None, data_path: str | None = None,
@@ -143,7 +146,7 @@ def evaluate_run(run_dir: Path, *, checkpoint: Any = None, data_path: str | None
     batch = batch_size or config.val_batch_size
 
     def batches() -> Any:
-        return iterate_validation(data, config.data, batch, seed=config.seed,
+        return iterate_validation(data, config.data.sample, batch, seed=config.seed,
                                   max_batches=max_batches)
 
     metrics = evaluate(restored.agent, batches(), seed=config.seed, info=DistInfo(),
@@ -166,15 +169,15 @@ def plot_actions(agent: torch.nn.Module, data: TrainingData, stats: dict, config
     """Predicted vs true (first chunk step, robot units) over the first transitions of ``data``."""
     true, predicted = [], []
     generator = torch.Generator(device=next(agent.parameters()).device).manual_seed(config.seed)
-    for batch in iterate_validation(data, config.data, transitions, seed=config.seed,
+    for batch in iterate_validation(data, config.data.sample, transitions, seed=config.seed,
                                     max_batches=1):
         with torch.no_grad():
             out = agent.sample_actions(batch[OBSERVATIONS], batch.get(GOALS), argmax=True,
                                        generator=generator)
         true = denormalize(batch[ACTIONS][:, 0].float().cpu().numpy(), stats["actions"],
-                           config.data.normalization_type)
+                           config.data.sample.normalization_type)
         predicted = denormalize(out[:, 0].float().cpu().numpy(), stats["actions"],
-                                config.data.normalization_type)
+                                config.data.sample.normalization_type)
     boundaries = np.cumsum(data.traj_length.cpu().numpy())
     names = [action_name(d, true.shape[1]) for d in range(true.shape[1])]
     figure = action_figure(true, predicted, names=names, boundaries=[

@@ -8,6 +8,10 @@ reaches Hydra as typed, so a misspelt or unknown key stays an error. Because the
 is what Hydra records as the job's overrides, ``resume=<run>`` and multirun sweeps
 (``data.augment=true,false``) see only our names.
 
+``translate_train_argv`` then rewrites the flat data spellings of our own earlier versions
+(``data.obs_horizon`` -> ``data.sample.obs_horizon``, ``bridge_torch.train.data_config``), so
+the port's keys that became flat data keys arrive at their current names too.
+
 ``ddp.enabled`` has no counterpart (DDP is on exactly when torchrun starts more than one
 process); it is checked against the launch and dropped. ``translate_eval_argv`` turns the port's
 ``--save_dir <run>`` into ``bridge-torch-eval``'s positional run directory.
@@ -23,6 +27,8 @@ from typing import Any, Optional
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, OverrideType
 from hydra.errors import HydraException
+
+from bridge_torch.train import data_config
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +90,10 @@ class KeyAlias:
 KEY_ALIASES: dict[str, KeyAlias] = {
     "wandb.enabled": KeyAlias("wandb.mode", _switch("online", "disabled")),
     "data.augment": KeyAlias("data.augment.enabled", only=bool),  # ours: a section
-    "data.saliency_alpha": KeyAlias("saliency.alpha"),  # ours feeds data.saliency_alpha
+    "data.saliency_alpha": KeyAlias("saliency.alpha"),  # ours feeds data.sample.saliency_alpha
     "data.augment_next_obs_goal_differently":
         KeyAlias("data.augment.augment_next_obs_goal_differently"),
-    "data.goal_relabeling_kwargs.reached_proportion": KeyAlias("data.reached_proportion"),
+    "data.goal_relabeling_kwargs.reached_proportion": KeyAlias("data.sample.reached_proportion"),
     "data.augment_kwargs.random_resized_crop.scale": KeyAlias("data.augment.crop_scale"),
     "data.augment_kwargs.random_resized_crop.ratio": KeyAlias("data.augment.crop_ratio"),
     "data.augment_kwargs.random_brightness": KeyAlias("data.augment.brightness", _one_number),
@@ -241,7 +247,8 @@ def _log_once(notices: list[str]) -> None:
 
 
 def translate_train_argv(argv: list[str]) -> list[str]:
-    """``bridge-torch-train``'s arguments with the port's spellings rewritten (see module doc).
+    """``bridge-torch-train``'s arguments with the port's spellings and the flat data spellings
+    rewritten (see module doc).
 
     Raises:
         SystemExit: with the reason, when a port spelling cannot be honoured.
@@ -250,7 +257,8 @@ def translate_train_argv(argv: list[str]) -> list[str]:
         rewritten, notices = rewrite_overrides(argv, Launch.from_env())
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
-    _log_once(notices)
+    rewritten, flat_notices = data_config.rewrite_overrides(rewritten)
+    _log_once(notices + flat_notices)
     return rewritten
 
 

@@ -128,7 +128,7 @@ class Agent(nn.Module):
             if SALIENCY not in observations or SALIENCY_MASK not in observations:
                 raise KeyError("saliency.enabled is set but the batch has no observations."
                                "saliency / saliency_mask targets (load them with "
-                               "data.load_saliency)")
+                               "data.load.load_saliency)")
             if feature_map.shape[-2] * feature_map.shape[-1] == 1:
                 raise ValueError("saliency needs a feature map larger than 1x1 (a softmax over "
                                  "one position is constant): use larger images or a shallower "

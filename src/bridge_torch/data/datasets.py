@@ -55,7 +55,7 @@ LEGACY_CAMERAS = ("images0",)  # the camera training reads; the cache holds only
 LEGACY_SOURCE_KEY = "legacy_out_npy"  # meta["source"] entry of a store packed from out.npy
 CACHE_ENV = "BRIDGE_TORCH_CACHE"
 HASH_CHUNK_BYTES = 8 << 20
-OPT_IN = "data.allow_pickle=true or --allow-pickle reads it if you trust it"
+OPT_IN = "data.load.allow_pickle=true or --allow-pickle reads it if you trust it"
 log = logging.getLogger(__name__)
 
 

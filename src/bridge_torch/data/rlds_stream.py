@@ -57,8 +57,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RldsStreamConfig:
-    """How a TFDS directory given as ``data_path`` is packed. The camera is ``data.camera``: the
-    cache holds only the camera training reads."""
+    """How a TFDS directory given as ``data_path`` is packed. The camera is
+    ``data.load.camera``: the cache holds only the camera training reads."""
 
     im_size: int = 128  # side of the square frames packed into the cache (the converter's default)
 
@@ -243,8 +243,8 @@ def _split_cache(data_path: Path, include: list[list[str]], exclude: list[str], 
     variant = rlds.detect_variant(dataset)
     cameras = rlds.resolve_cameras(variant, [camera])
     if cameras != (camera,):
-        raise ValueError(f"data.camera={camera!r}: training names cameras as they are stored; "
-                         f"use data.camera={cameras[0]}")
+        raise ValueError(f"data.load.camera={camera!r}: training names cameras as they are "
+                         f"stored; use data.load.camera={cameras[0]}")
     return root, ShardCache(dataset, variant, cameras, im_size), tfds_split(dataset, split)
 
 

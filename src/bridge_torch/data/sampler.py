@@ -8,7 +8,8 @@ follow the relabelling strategy (``data/goals.py``), the observation window ``t-
 the first frame before the trajectory start and the action chunk ``t..t+T_act-1`` repeats the last
 action (docs/semantics.md, 'Observation and action horizons'); every transition is a valid
 sample. ``iterate_validation`` visits every transition of a split exactly once, in order, with
-seeded goals.
+seeded goals. Both take the ``SampleConfig``; whether a batch carries goals and saliency targets
+is what the ``TrainingData`` was opened with (``LoadConfig``).
 
 Random numbers come from a CPU ``torch.Generator`` whatever the device (a few floats per sample,
 copied asynchronously), so a seed gives the same batches on CPU and CUDA, with frames on the
@@ -35,22 +36,20 @@ from bridge_torch.batch import (
     SALIENCY,
     SALIENCY_MASK,
 )
+from bridge_torch.data.config import SampleConfig
 from bridge_torch.data.goals import sample_goal_frames, sampled_lengths
 from bridge_torch.data.saliency_targets import aggregate_window, minmax_normalize
-from bridge_torch.data.sampler_config import SamplerConfig
 from bridge_torch.data.training_data import TrainingData
 from bridge_torch.data.transfer import to_device
 
-__all__ = ["SamplerConfig", "TrainingData", "TransitionSampler", "iterate_validation"]
+__all__ = ["SampleConfig", "TrainingData", "TransitionSampler", "iterate_validation"]
 log = logging.getLogger(__name__)
 
 
 class _TransitionIndex:
     """Maps a global transition number (over the sampled transitions) to (trajectory, t)."""
 
-    def __init__(self, data: TrainingData, cfg: SamplerConfig) -> None:
-        if cfg.load_saliency and not data.has_saliency:
-            raise ValueError("load_saliency=True but the TrainingData was built without saliency")
+    def __init__(self, data: TrainingData, cfg: SampleConfig) -> None:
         self.lengths = sampled_lengths(data.traj_length, cfg.goal_relabeling_strategy,
                                        list(cfg.goal_delta))
         self.ends = torch.cumsum(self.lengths, 0)  # (n,) exclusive end per trajectory
@@ -70,7 +69,7 @@ class _TransitionIndex:
 class TransitionSampler:
     """Draws training batches (not augmented) from ``TrainingData`` with a seeded generator."""
 
-    def __init__(self, data: TrainingData, cfg: SamplerConfig, *,
+    def __init__(self, data: TrainingData, cfg: SampleConfig, *,
                  sample_weights: list[float] | None = None, seed: int) -> None:
         """Args:
             sample_weights: one probability per sub-dataset, summing to 1; None = uniform over
@@ -123,7 +122,7 @@ class TransitionSampler:
         self._generator.set_state(generator)
 
 
-def iterate_validation(data: TrainingData, cfg: SamplerConfig, batch_size: int, *, seed: int,
+def iterate_validation(data: TrainingData, cfg: SampleConfig, batch_size: int, *, seed: int,
                        max_batches: int | None = None, rank: int = 0,
                        world_size: int = 1) -> Iterator[dict[str, Any]]:
     """Every sampled transition of the split once, in store order (last batch may be smaller).
@@ -173,7 +172,7 @@ def _check_weights(sample_weights: list[float] | None, num_sub_datasets: int) ->
     return weights
 
 
-def _assemble_batch(data: TrainingData, cfg: SamplerConfig, traj: torch.Tensor, t: torch.Tensor,
+def _assemble_batch(data: TrainingData, cfg: SampleConfig, traj: torch.Tensor, t: torch.Tensor,
                     generator: torch.Generator) -> dict[str, Any]:
     """Gather the batch of transitions ``(traj, t)`` (on ``data.device``) and deliver it on
     ``data.batch_device``; goals are drawn from the CPU ``generator``."""
@@ -188,7 +187,7 @@ def _assemble_batch(data: TrainingData, cfg: SamplerConfig, traj: torch.Tensor, 
     observations: dict[str, torch.Tensor] = {PROPRIO: deliver(data.proprio[obs_frames])}
     batch: dict[str, Any] = {OBSERVATIONS: observations,
                              ACTIONS: deliver(data.actions[action_rows])}
-    if cfg.load_goals:
+    if data.has_goals:
         goal_frames = first_frame + sample_goal_frames(
             t, length, strategy=cfg.goal_relabeling_strategy,
             reached_proportion=cfg.reached_proportion, discount=cfg.discount,
@@ -196,7 +195,7 @@ def _assemble_batch(data: TrainingData, cfg: SamplerConfig, traj: torch.Tensor, 
         batch[GOALS] = {IMAGE: deliver(data.gather_frames(goal_frames)),
                         PROPRIO: deliver(data.proprio[goal_frames])}
     observations[IMAGE] = deliver(data.gather_frames(obs_frames))
-    if cfg.load_saliency:
+    if data.has_saliency:
         maps = deliver(data.gather_saliency(obs_frames)).float()  # (B, K, H, W)
         target, informative = minmax_normalize(
             aggregate_window(maps, deliver(t), cfg.saliency_alpha))

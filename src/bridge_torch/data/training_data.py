@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from bridge_torch.data.actions import normalize
-from bridge_torch.data.sampler_config import SamplerConfig
+from bridge_torch.data.config import LoadConfig, SampleConfig
 from bridge_torch.data.store import PackedStore
 
 log = logging.getLogger(__name__)
@@ -147,13 +147,14 @@ class TrainingData:
         traj_has_saliency: bool (n,).
         sub_dataset_traj_start: int64 (S+1,) trajectories of sub-dataset s are
             ``sub_dataset_traj_start[s] : sub_dataset_traj_start[s+1]``.
+        has_goals: whether batches carry goals (fixed when the data is opened, as saliency is).
     """
 
     def __init__(self, *, frames: FrameSource, saliency: FrameSource | None,
                  arrays: dict[str, torch.Tensor], sub_dataset_traj_start: list[int],
                  image_size: tuple[int, int], device: torch.device,
-                 batch_device: torch.device) -> None:
-        self.frames, self.saliency = frames, saliency
+                 batch_device: torch.device, has_goals: bool) -> None:
+        self.frames, self.saliency, self.has_goals = frames, saliency, has_goals
         self.device, self.batch_device = device, batch_device
         self.image_size = image_size
         self.proprio, self.actions = arrays["proprio"], arrays["actions"]
@@ -186,34 +187,39 @@ class TrainingData:
 
     @classmethod
     def from_stores(cls, sub_datasets: list[list[PackedStore]], stats: dict[str, Any],
-                    cfg: SamplerConfig, device: torch.device | str) -> "TrainingData":
+                    load: LoadConfig, sample: SampleConfig,
+                    device: torch.device | str) -> "TrainingData":
         """Concatenate the stores of every sub-dataset (in order) and normalise once.
 
         Args:
             sub_datasets: one list of stores per sub-dataset (``bridgedata.include`` entry).
             stats: ``{"actions": {...}, "proprio": {...}}`` with mean/std/min/max lists - the
                 merged train-split statistics of the action kind selected by
-                ``cfg.relabel_actions`` (unused when ``cfg.normalization_type == "none"``).
-            cfg: uses relabel_actions, normalization_type, load_saliency, camera, frame_storage.
+                ``sample.relabel_actions`` (unused when ``sample.normalization_type == "none"``).
+            load: camera, frame_storage, load_goals, load_saliency.
+            sample: relabel_actions and normalization_type (the actions' preparation).
             device: the training device.
         """
+        if load.load_goals is None or load.load_saliency is None:
+            raise ValueError("data.load.load_goals / load_saliency are null: the training config "
+                             "derives them from the agent; set them to true or false")
         device = torch.device(device)
-        stores = _check_stores(sub_datasets, cfg.camera)
-        _check_stats(stats, stores[0], cfg.normalization_type)
+        stores = _check_stores(sub_datasets, load.camera)
+        _check_stats(stats, stores[0], sample.normalization_type)
         height, width = stores[0].image_size
         counts = [s.proprio.shape[0] for s in stores]
-        frames = FrameSource([s.frames(cfg.camera) for s in stores], counts, (height, width, 3),
+        frames = FrameSource([s.frames(load.camera) for s in stores], counts, (height, width, 3),
                              np.dtype(np.uint8))
         sources = [frames]
         saliency = None
-        if cfg.load_saliency:
+        if load.load_saliency:
             if all(s.saliency is None for s in stores):
                 log.warning("load_saliency=True but no store has saliency maps: every "
                             "saliency_mask will be False")
             saliency = FrameSource([s.saliency for s in stores], counts, (height, width),
                                    np.dtype(np.float16))
             sources.append(saliency)
-        on_device = _frames_on_device(cfg.frame_storage, sources, device)
+        on_device = _frames_on_device(load.frame_storage, sources, device)
         for source in sources:
             source.place(device if on_device else None, pin=device.type == "cuda")
         sampling_device = device if on_device else torch.device("cpu")
@@ -225,14 +231,15 @@ class TrainingData:
                                       for sub in sub_datasets]).tolist()
         arrays = _index_arrays(sub_datasets, stores)
         arrays["proprio"] = normalize(_concat([s.proprio for s in stores]), stats.get("proprio"),
-                                      cfg.normalization_type)
-        action_arrays = [s.actions_relabeled if cfg.relabel_actions else s.actions for s in stores]
+                                      sample.normalization_type)
+        action_arrays = [s.actions_relabeled if sample.relabel_actions else s.actions
+                         for s in stores]
         arrays["actions"] = normalize(_concat(action_arrays), stats.get("actions"),
-                                      cfg.normalization_type)
+                                      sample.normalization_type)
         arrays = {name: value.to(sampling_device) for name, value in arrays.items()}
         return cls(frames=frames, saliency=saliency, arrays=arrays,
                    sub_dataset_traj_start=traj_start, image_size=(height, width),
-                   device=sampling_device, batch_device=device)
+                   device=sampling_device, batch_device=device, has_goals=load.load_goals)
 
 
 def _frames_on_device(storage: str, sources: list[FrameSource], device: torch.device) -> bool:

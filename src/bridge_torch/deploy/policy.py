@@ -93,7 +93,7 @@ class BatchedPolicy:
         """Restore a run's checkpoint (latest by default; strict loading) as a policy."""
         restored = restore_agent(run_dir, checkpoint, device=device, use_ema=use_ema)
         return cls(restored.agent, stats=restored.stats,
-                   normalization_type=restored.config.data.normalization_type, **kwargs)
+                   normalization_type=restored.config.data.sample.normalization_type, **kwargs)
 
     def reset(self, env_ids: Optional[list[int]] = None) -> None:
         """Start new episodes (all environments by default)."""

@@ -53,10 +53,10 @@ def _check_belongs_to_run(run_dir: Path, path: Path, state: dict) -> None:
                              f"trained on {run_action_dim}-dimensional actions (stats.json)")
 
 
-def _check_finite(path: Path, state: dict, weights_key: str) -> None:
-    """Statistics and weights are numbers a robot acts on: well formed and finite, or refused."""
+def _check_finite(path: Path, state: dict, weights_key: str, kind: str) -> None:
+    """Statistics and weights are numbers a robot acts on: well formed and finite, or refused;
+    ``kind`` is the normalisation the policy undoes with them."""
     shapes = state["agent_shapes"]
-    kind = state["config"].get("data", {}).get("normalization_type", "normal")
     used = NORMALIZATION_FIELDS.get(kind, ("mean", "std", "min", "max"))  # what the policy reads
     for key, dim in (("actions", shapes["action_dim"]), ("proprio", shapes["proprio_dim"])):
         entry = state["stats"].get(key) if isinstance(state["stats"], dict) else None
@@ -111,6 +111,6 @@ def restore_agent(
     weights_key = "ema" if use_ema and state["ema"] is not None else "model"
     agent = _build_with_weights(config, AgentShapes(**state["agent_shapes"]), state[weights_key],
                                 source=f"{path} [{weights_key}]")
-    _check_finite(path, state, weights_key)
+    _check_finite(path, state, weights_key, config.data.sample.normalization_type)
     agent.to(device).eval()
     return RestoredAgent(agent, config, state["stats"], int(state["step"]), path)

@@ -47,7 +47,7 @@ def sim_eval_metrics(agent: nn.Module, stats: dict[str, Any], config: TrainConfi
     was_training = agent.training
     try:
         policy = BatchedPolicy(agent, stats=stats,
-                               normalization_type=config.data.normalization_type,
+                               normalization_type=config.data.sample.normalization_type,
                                seed=config.seed)
         report = evaluate_policy(policy, settings, progress=False)
     finally:

@@ -35,7 +35,7 @@ def build_training_state(
         The state with ``model`` = the agent compiled and/or DDP-wrapped, and the first step.
     """
     stream_seed = config.seed + info.rank  # every rank draws its own batches and noise
-    sampler = TransitionSampler(data.train, config.data, seed=stream_seed + SAMPLER_STREAM,
+    sampler = TransitionSampler(data.train, config.data.sample, seed=stream_seed + SAMPLER_STREAM,
                                 sample_weights=config.bridgedata.sample_weights)
     augmenter = Augmenter(config.data.augment, seed=stream_seed + AUGMENT_STREAM)
     seed_everything(config.seed)  # the same initial weights on every rank

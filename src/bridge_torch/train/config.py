@@ -6,7 +6,8 @@ against these types (unknown keys and wrong types fail at composition), and each
 ``__post_init__`` checks values when the composed config becomes a ``TrainConfig``.
 Defaults are the JAX ``train_config.py`` values (docs/semantics.md, 'Training defaults') unless
 a comment says why.
-The model, encoder, saliency, sampler and augmentation sections are the owners' dataclasses.
+The model, encoder, saliency and data sections are the owners' dataclasses (``DataConfig``
+composes data/'s load and sample settings with the augmentation: train/data_config.py).
 """
 
 import logging
@@ -23,9 +24,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from bridge_torch.data.augment import AugmentConfig
 from bridge_torch.data.rlds_stream import RldsStreamConfig
-from bridge_torch.data.sampler_config import SamplerConfig
 from bridge_torch.data.task_selection import check_tasks, task_patterns
 from bridge_torch.models.resnet import EncoderConfig
 from bridge_torch.models.saliency import SaliencyConfig
@@ -36,6 +35,13 @@ from bridge_torch.train.config_checks import (
     refuse_resolvers,
     refuse_unknown_keys,
     typed_model_config,
+)
+from bridge_torch.train.data_config import (
+    DataConfig,
+    add_aliases,
+    migrate_config,
+    resolve_aliases,
+    rewrite_overrides,
 )
 
 log = logging.getLogger(__name__)
@@ -79,27 +85,6 @@ class BridgeDataConfig:
     def sub_datasets(self) -> list[list[str]]:
         """The glob patterns of each sub-dataset: ``tasks`` when set, else ``include``."""
         return task_patterns(self.tasks) if self.tasks is not None else self.include
-
-
-@dataclass
-class DataConfig(SamplerConfig):
-    """The sampler's settings plus the augmentation applied to every training batch.
-
-    What is loaded besides images and actions follows the agent (``Agent.declared_inputs``):
-    ``load_goals`` and ``load_saliency`` are filled in from it, and setting either to a value
-    the agent contradicts is an error.
-    """
-
-    load_goals: Optional[bool] = None  # derived: the agent reads goal images
-    load_saliency: Optional[bool] = None  # derived: saliency.enabled
-    # what the original draws, per sample (docs/semantics.md, 'Augmentation')
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    # unpickle legacy out.npy (pickle runs code; data/datasets.py): null = a fresh run packs an
-    # out.npy that has no packed store yet, resume never unpickles; true = also re-pack stale
-    # copies and unpickle on resume; false = never. Never inherited from a run's config.yaml.
-    allow_pickle: Optional[bool] = None
-    # resume on data whose image size or camera differ from the checkpoint's (never inherited)
-    allow_image_mismatch: bool = False
 
 
 @dataclass
@@ -286,7 +271,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.model = typed_model_config(self.algo, self.model)
         check_finite(self)
-        derive_loading(self.algo, self.model, self.saliency, self.data)
+        derive_loading(self.algo, self.model, self.saliency, self.data.load)
         positive = ("batch_size", "val_batch_size", "num_steps", "log_interval", "eval_interval",
                     "save_interval")
         for key in positive:
@@ -320,10 +305,12 @@ def register_configs() -> None:
     """Put the schema in Hydra's ConfigStore so conf/config.yaml can start its defaults with it.
 
     The ``model`` section stays open to Hydra: which keys it may hold depends on ``algo``, and
-    ``typed_model_config`` checks them against that agent's config once the algo is known.
+    ``typed_model_config`` checks them against that agent's config once the algo is known. The
+    data section also takes the flat spellings of its keys, for YAML presets written with them.
     """
     schema = OmegaConf.structured(TrainConfig)
     OmegaConf.set_struct(schema.model, False)
+    add_aliases(schema)
     ConfigStore.instance().store(name="train_schema", node=schema)
 
 
@@ -340,9 +327,10 @@ def _read_saved(path: Path) -> DictConfig:
     """A saved config.yaml merged onto the schema; an unknown key, a wrong type or a resolver
     interpolation names the file."""
     try:
-        raw = OmegaConf.load(path)
-        refuse_resolvers(OmegaConf.to_container(raw, resolve=False), source=str(path))
-        return OmegaConf.merge(OmegaConf.structured(TrainConfig), raw)
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        refuse_resolvers(raw, source=str(path))
+        return OmegaConf.merge(OmegaConf.structured(TrainConfig),
+                               migrate_config(raw, source=str(path)))
     except (OmegaConfBaseException, yaml.YAMLError) as err:
         raise ValueError(f"{path} is not a valid bridge-torch config: {err}") from err
 
@@ -356,7 +344,8 @@ def config_from_container(saved: dict, *, source: str) -> TrainConfig:
     """A config saved as plain containers (a checkpoint's) as a validated ``TrainConfig``."""
     refuse_resolvers(saved, source=source)
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), saved))
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig),
+                                                   migrate_config(saved, source=source)))
     except (OmegaConfBaseException, ValueError) as err:
         raise ValueError(f"{source} is not a valid bridge-torch config: {err}") from err
 
@@ -369,13 +358,15 @@ def resolve_config(cfg: DictConfig, overrides: list[str]) -> TrainConfig:
     override must name the run's own choice (``config_checks.apply_resume_overrides``).
     """
     if cfg.resume is None:
+        resolve_aliases(cfg, overrides)
         refuse_unknown_keys(cfg)
         return OmegaConf.to_object(cfg)
     run_dir = Path(cfg.resume).expanduser().resolve()
     if not (run_dir / "config.yaml").is_file():
         raise ValueError(f"resume={cfg.resume}: no config.yaml in {run_dir}; not a run directory")
     saved = _read_saved(run_dir / "config.yaml")
-    saved.data.allow_pickle, saved.data.allow_image_mismatch = None, False  # opt-ins: per command
+    saved.data.load.allow_pickle = None  # opt-ins: per command, never inherited
+    saved.data.load.allow_image_mismatch = False
     apply_resume_overrides(saved, OverridesParser.create().parse_overrides(overrides),
                            _compose)
     saved.resume = str(run_dir)
@@ -393,8 +384,11 @@ def _compose(overrides: list[str]) -> DictConfig:
 def compose_config(overrides: Optional[list[str]] = None) -> TrainConfig:
     """Compose conf/config.yaml with command-line style overrides, without running Hydra's app.
 
-    For tests, notebooks and the demo: ``compose_config(["algo=bc", "data_path=/data"])``.
+    For tests, notebooks and the demo: ``compose_config(["algo=bc", "data_path=/data"])``. The
+    flat data spellings are rewritten first, as on the command line.
     """
-    overrides = list(overrides or [])
+    overrides, notices = rewrite_overrides(list(overrides or []))
+    for notice in dict.fromkeys(notices):
+        log.warning(notice)
     register_configs()
     return resolve_config(_compose(overrides), overrides)

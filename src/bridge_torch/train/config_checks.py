@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bridge_torch.agents import AGENTS, agent_inputs, agent_spec
+from bridge_torch.cli_errors import dataclass_keys
 from bridge_torch.tree import dotted, leaves
 
 log = logging.getLogger(__name__)
@@ -63,17 +64,17 @@ def typed_model_config(algo: str, model: Any) -> Any:
     return OmegaConf.to_object(merged)
 
 
-def derive_loading(algo: str, model: Any, saliency: Any, data: Any) -> None:
-    """Fill ``data.load_goals`` / ``data.load_saliency`` from what the agent consumes."""
+def derive_loading(algo: str, model: Any, saliency: Any, load: Any) -> None:
+    """Fill ``data.load.load_goals`` / ``load_saliency`` from what the agent consumes."""
     inputs = agent_inputs(algo, model, saliency)
     for key, needed in (("load_goals", inputs.goal_image), ("load_saliency", inputs.saliency)):
-        given = getattr(data, key)
+        given = getattr(load, key)
         if given is not None and given != needed:
             why = ("saliency.enabled" if key == "load_saliency"
                    else f"algo {algo!r} {'reads' if needed else 'never reads'} goals")
-            raise ValueError(f"data.{key}={given} contradicts {why}: it follows the agent, "
+            raise ValueError(f"data.load.{key}={given} contradicts {why}: it follows the agent, "
                              "drop the override")
-        setattr(data, key, needed)
+        setattr(load, key, needed)
 
 
 def check_finite(config: Any) -> None:
@@ -92,9 +93,10 @@ def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
     found = []
     for key in node:
         path = f"{prefix}{key}"
-        if known is not None and key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            found.append(path + (f" (did you mean {prefix}{close[0]}?)" if close else ""))
+        if known is not None and key not in known:  # suggest from the keys at any depth below
+            nested = [prefix + name for name in dataclass_keys(schema)]
+            close = difflib.get_close_matches(path, nested, n=1)
+            found.append(path + (f" (did you mean {close[0]}?)" if close else ""))
         elif path not in OPEN_SECTIONS and isinstance(node._get_node(key), DictConfig):
             found += unknown_keys(node._get_node(key), f"{path}.")
     return found

@@ -211,7 +211,7 @@ def validate(run: Run, done: int, logger: MetricsLogger) -> None:
     """A validation pass with the EMA (or trained) weights: logged, and one line on the console."""
     config, state = run.config, run.state
     eval_agent = state.ema.module if state.ema is not None else state.agent
-    batches = iterate_validation(run.data.val, config.data, config.val_batch_size,
+    batches = iterate_validation(run.data.val, config.data.sample, config.val_batch_size,
                                  seed=config.seed, max_batches=config.eval_batches)
     metrics = evaluate(eval_agent, batches, seed=config.seed, info=run.info,
                        amp_dtype=run.amp_dtype)

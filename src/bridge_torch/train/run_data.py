@@ -32,6 +32,7 @@ from bridge_torch.data.store import PackedStore
 from bridge_torch.data.store_checks import check_statistics
 from bridge_torch.train import runs
 from bridge_torch.train.config import TrainConfig
+from bridge_torch.train.data_config import migrate_config
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ class DataLayout:
     @classmethod
     def of_checkpoint(cls, state: dict, source: str) -> "DataLayout":
         shapes = state["agent_shapes"]
-        return cls(int(shapes["image_size"]), str(state["config"]["data"]["camera"]),
+        saved = migrate_config(state["config"], source=source)  # also a checkpoint's flat keys
+        return cls(int(shapes["image_size"]), str(saved["data"]["load"]["camera"]),
                    int(shapes["action_dim"]), int(shapes["proprio_dim"]), source)
 
 
@@ -111,9 +113,9 @@ def check_given_stats(stats: dict, store: PackedStore, source: str, kind: str) -
 def _pickle_setting(config: TrainConfig) -> bool | None:
     """``allow_pickle`` for the run's data: a resumed run's data path comes from its run
     directory, so it unpickles only when the command opts in."""
-    if config.resume is not None and config.data.allow_pickle is None:
+    if config.resume is not None and config.data.load.allow_pickle is None:
         return False
-    return config.data.allow_pickle
+    return config.data.load.allow_pickle
 
 
 def _selection(config: TrainConfig) -> tuple[Path, list[list[str]], list[str]]:
@@ -137,7 +139,7 @@ def open_run_split(config: TrainConfig, split: str, expected: DataLayout | None,
     """
     selection = _selection(config)
     if is_stream_path(config.data_path):
-        stores = open_tfds_split(*selection, split, camera=config.data.camera,
+        stores = open_tfds_split(*selection, split, camera=config.data.load.camera,
                                  im_size=_stream_size(config, expected))
     else:
         groups = resolve_task_dirs(*selection, split if alone else "train")
@@ -157,7 +159,7 @@ def recorded_train_split(config: TrainConfig, expected: DataLayout | None, *,
     """
     selection = _selection(config)
     if is_stream_path(config.data_path):
-        return cached_split_metadata(*selection, "train", camera=config.data.camera,
+        return cached_split_metadata(*selection, "train", camera=config.data.load.camera,
                                      im_size=_stream_size(config, expected))
     groups = resolve_task_dirs(*selection, evaluated)
     return [store for group in split_metadata(groups, "train") for store in group]
@@ -175,21 +177,24 @@ def load_run_data(config: TrainConfig, device: torch.device, stats: dict | None 
     """
     expected = expected or _resume_layout(config)
     escape = "--allow-image-mismatch" if config.resume is None else \
-        "data.allow_image_mismatch=true"
+        "data.load.allow_image_mismatch=true"
     train_stores = open_run_split(config, "train", expected)
     val_stores = open_run_split(config, "val", expected)
     if expected is not None:
         check_layout(expected, [s for group in train_stores + val_stores for s in group],
-                     config.data.camera, allow_image_mismatch=config.data.allow_image_mismatch,
-                     escape=escape)
+                     config.data.load.camera,
+                     allow_image_mismatch=config.data.load.allow_image_mismatch, escape=escape)
     if stats is None:
-        stats = training_statistics(train_stores, relabel_actions=config.data.relabel_actions)
+        stats = training_statistics(train_stores,
+                                    relabel_actions=config.data.sample.relabel_actions)
     else:
         check_given_stats(stats, train_stores[0][0], expected.source if expected else "given",
-                          config.data.normalization_type)
-    train = TrainingData.from_stores(train_stores, stats, config.data, device)
+                          config.data.sample.normalization_type)
+    train = TrainingData.from_stores(train_stores, stats, config.data.load, config.data.sample,
+                                     device)
     # sub-datasets only weight training draws: validation keeps every task that has a val split
-    val = TrainingData.from_stores(val_stores, stats, config.data, device) if val_stores else None
+    val = TrainingData.from_stores(val_stores, stats, config.data.load, config.data.sample,
+                                   device) if val_stores else None
     if val is None:
         log.warning("no task directory under %s has a val split: validation is skipped",
                     config.data_path)
@@ -197,6 +202,6 @@ def load_run_data(config: TrainConfig, device: torch.device, stats: dict | None 
     if height != width:
         raise ValueError(f"the encoders expect square images, the stores hold {height}x{width}")
     shapes = AgentShapes(action_dim=train.action_dim, proprio_dim=train.proprio_dim,
-                         obs_horizon=config.data.obs_horizon,
-                         act_pred_horizon=config.data.act_pred_horizon, image_size=height)
+                         obs_horizon=config.data.sample.obs_horizon,
+                         act_pred_horizon=config.data.sample.act_pred_horizon, image_size=height)
     return RunData(train, val, stats, shapes)

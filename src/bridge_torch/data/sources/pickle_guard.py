@@ -1,9 +1,9 @@
 """Whether bridge-torch may unpickle a file: the global "never" switch.
 
 Unpickling runs whatever code the file names, so the legacy ``out.npy`` and the raw format's
-``*.pkl`` files are only read where the user opted in (``data.allow_pickle``, ``--allow-pickle``;
-see ``data/datasets.py``). ``BRIDGE_TORCH_NO_PICKLE=1`` overrides every opt-in: on a machine that
-must never run code from data files, nothing in bridge-torch unpickles.
+``*.pkl`` files are only read where the user opted in (``data.load.allow_pickle``,
+``--allow-pickle``; see ``data/datasets.py``). ``BRIDGE_TORCH_NO_PICKLE=1`` overrides every opt-in:
+on a machine that must never run code from data files, nothing in bridge-torch unpickles.
 """
 
 import os

@@ -168,16 +168,16 @@ def horizons(config: dict) -> tuple[int, int]:
 def _data_section(config: dict, agent: str) -> dict[str, Any]:
     dataset = config.get("dataset_kwargs") or {}
     obs_horizon, act_pred_horizon = horizons(config)
-    section = {"obs_horizon": obs_horizon, "act_pred_horizon": act_pred_horizon,
-               "load_goals": agent != "bc", "normalization_type": "normal"}
+    sample = {"obs_horizon": obs_horizon, "act_pred_horizon": act_pred_horizon,
+              "normalization_type": "normal"}
     if "relabel_actions" in dataset:
-        section["relabel_actions"] = bool(dataset["relabel_actions"])
+        sample["relabel_actions"] = bool(dataset["relabel_actions"])
     if "goal_relabeling_strategy" in dataset:
-        section["goal_relabeling_strategy"] = dataset["goal_relabeling_strategy"]
+        sample["goal_relabeling_strategy"] = dataset["goal_relabeling_strategy"]
     reached = (dataset.get("goal_relabeling_kwargs") or {}).get("reached_proportion")
     if reached is not None:
-        section["reached_proportion"] = float(reached)
-    return section
+        sample["reached_proportion"] = float(reached)
+    return {"load": {"load_goals": agent != "bc"}, "sample": sample}
 
 
 def _training_sections(config: dict, agent: str) -> dict[str, Any]:
