@@ -230,7 +230,7 @@ def test_resume_refuses_data_of_another_image_size_unless_allowed(tmp_path: Path
     run_dir = make_run(tmp_path, "bc")
     set_run_data_path(run_dir, packed_task(tmp_path / "small", size=16))
     with pytest.raises(ValueError, match=r"image size \[16, 16\] \(trained on \[32, 32\]\).*"
-                                         r"Pass data\.allow_image_mismatch=true"):
+                                         r"Pass data\.load\.allow_image_mismatch=true"):
         load_run_data(compose_config([f"resume={run_dir}"]), CPU)
     config = compose_config([f"resume={run_dir}", "data.allow_image_mismatch=true"])
     assert load_run_data(config, CPU).agent_shapes.image_size == 16
