@@ -149,6 +149,11 @@ def hydra_error_message(error: Exception, keys: Iterable[str]) -> str:
         options = getattr(error, "options", None) or []
         return (f"unknown {group} '{option}'{did_you_mean(option, options)}; "
                 f"choose from {', '.join(options)}")
+    in_file = re.match(r"In '([^']+)': ConfigKeyError.*\nKey '[^']+' not in .*\n\s*full_key: (\S+)",
+                       text)
+    if in_file:  # a key a YAML file sets that the schema lacks
+        config_file, key = in_file.groups()
+        return f"{config_file}.yaml sets unknown key {key}{suggest_key(key, keys)}"
     cause = error.__cause__
     first = text.splitlines()[0].removeprefix("Error merging override ") if text else type(
         error).__name__

@@ -38,9 +38,7 @@ from bridge_torch.train.config_checks import (
 )
 from bridge_torch.train.data_config import (
     DataConfig,
-    add_aliases,
     migrate_config,
-    resolve_aliases,
     rewrite_overrides,
 )
 
@@ -305,12 +303,10 @@ def register_configs() -> None:
     """Put the schema in Hydra's ConfigStore so conf/config.yaml can start its defaults with it.
 
     The ``model`` section stays open to Hydra: which keys it may hold depends on ``algo``, and
-    ``typed_model_config`` checks them against that agent's config once the algo is known. The
-    data section also takes the flat spellings of its keys, for YAML presets written with them.
+    ``typed_model_config`` checks them against that agent's config once the algo is known.
     """
     schema = OmegaConf.structured(TrainConfig)
     OmegaConf.set_struct(schema.model, False)
-    add_aliases(schema)
     ConfigStore.instance().store(name="train_schema", node=schema)
 
 
@@ -358,7 +354,6 @@ def resolve_config(cfg: DictConfig, overrides: list[str]) -> TrainConfig:
     override must name the run's own choice (``config_checks.apply_resume_overrides``).
     """
     if cfg.resume is None:
-        resolve_aliases(cfg, overrides)
         refuse_unknown_keys(cfg)
         return OmegaConf.to_object(cfg)
     run_dir = Path(cfg.resume).expanduser().resolve()

@@ -3,25 +3,22 @@
 ``DataConfig`` composes what is loaded (``load``), how samples are drawn (``sample``) - both
 owned by the data package, which never imports train/ - and the augmentation (``augment``).
 Before, the keys of the first two sat directly under ``data`` (``data.obs_horizon``,
-``data.camera``). Run directories, checkpoints, presets and shell histories hold that spelling,
-so it stays valid:
+``data.camera``). Run directories, checkpoints and shell histories hold that spelling, so it
+stays valid there:
 
 * ``migrate_data`` moves the flat keys of a data dict into their sections. It is the one
-  migration: a run's config.yaml, the config inside a checkpoint and whatever a YAML preset set
-  under a flat key all go through it.
+  migration: a run's config.yaml and the config inside a checkpoint go through it.
 * ``rewrite_overrides`` rewrites command-line overrides before Hydra composes them
   (``data.obs_horizon=2`` -> ``data.sample.obs_horizon=2``), with a notice per key.
-* ``add_aliases`` gives the composition schema an alias per flat key
-  (``data.obs_horizon: ${data.sample.obs_horizon}``), so a YAML preset may still set one;
-  ``resolve_aliases`` moves what a preset set onto the current key and drops the aliases before
-  the config is validated.
+
+A YAML preset must use the current keys: composition refuses a flat one, naming the current key
+("did you mean ..."), since keeping both spellings in the schema would print every data setting
+twice in ``--cfg job`` and ``--help``.
 """
 
 import logging
 from dataclasses import dataclass, field, fields
 from typing import Any
-
-from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bridge_torch.data.augment import AugmentConfig
 from bridge_torch.data.config import LoadConfig, SampleConfig
@@ -103,41 +100,3 @@ def rewrite_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
         rewritten.append(f"{prefix}data.{FLAT_KEYS[name]}{equals}{value}")
         notices.append(NOTICE.format(old=name, new=FLAT_KEYS[name]))
     return rewritten, notices
-
-
-def _alias(key: str) -> str:
-    return "${data." + FLAT_KEYS[key] + "}"
-
-
-def _within(key: str, section: str) -> bool:
-    """Whether ``key`` is ``section`` or lies below it (``data.sample.x`` within ``data``)."""
-    return key == section or key.startswith(section + ".")
-
-
-def add_aliases(schema: DictConfig) -> None:
-    """Give the composition schema's data section one alias per flat key (see module doc)."""
-    with open_dict(schema.data):
-        for key in FLAT_KEYS:
-            schema.data[key] = _alias(key)
-
-
-def resolve_aliases(cfg: DictConfig, overrides: list[str]) -> None:
-    """Move what a YAML preset set under a flat key onto its current key and drop the aliases.
-
-    A command-line override of the current key (or of a section holding it) wins over the
-    preset's flat key, as it would over a preset written with the current name; ``overrides``
-    are the command's, already rewritten by ``rewrite_overrides``.
-    """
-    data = cfg.data
-    raw = OmegaConf.to_container(data, resolve=False)
-    if not FLAT_KEYS.keys() & raw.keys():
-        return  # composed without the aliases
-    overridden = [token.lstrip("+~").partition("=")[0] for token in overrides]
-    kept = {key: raw[key] for key in FLAT_KEYS if key in raw and raw[key] != _alias(key)
-            and not any(_within(f"data.{FLAT_KEYS[key]}", o) for o in overridden)}
-    with open_dict(data):
-        for key in FLAT_KEYS:
-            data.pop(key, None)
-    for section, values in migrate_data(kept, source="a YAML preset").items():
-        for name, value in values.items():
-            data[section][name] = value
