@@ -21,6 +21,7 @@ from hydra.errors import ConfigCompositionException
 
 from bridge_torch.cli_errors import dataclass_keys, hydra_error_message
 from bridge_torch.data.config import LoadConfig, SampleConfig
+from bridge_torch.data.config_migration import FLAT_KEYS, migrate_data
 from bridge_torch.data.training_data import TrainingData
 from bridge_torch.deploy.policy import Policy
 from bridge_torch.deploy.restore import restore_agent
@@ -34,7 +35,6 @@ from bridge_torch.train.config import (
     to_container,
     to_yaml,
 )
-from bridge_torch.train.data_config import FLAT_KEYS, migrate_data
 from bridge_torch.train.init_from import load_initial
 from bridge_torch.train.run_data import DataLayout
 from helpers import make_run
@@ -179,7 +179,7 @@ def test_a_run_saved_with_flat_keys_resumes_restores_and_acts(tmp_path: Path, ca
     flatten_run(old_dir)
     saved = yaml.safe_load((old_dir / "config.yaml").read_text())["data"]
     assert "obs_horizon" in saved and "sample" not in saved  # really the old spelling
-    with caplog.at_level(logging.INFO, logger="bridge_torch.train.data_config"):
+    with caplog.at_level(logging.INFO, logger="bridge_torch.data.config_migration"):
         assert load_config(old_dir / "config.yaml") == load_config(new_dir / "config.yaml")
     assert f"{old_dir / 'config.yaml'}: flat data keys read as " in caplog.text
     assert "data.load.camera, " in caplog.text and "data.sample.obs_horizon, " in caplog.text

@@ -20,7 +20,8 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException, OverrideParseException
 
-from bridge_torch.data.datasets import open_split, training_statistics
+from bridge_torch.data.actions import training_statistics
+from bridge_torch.data.datasets import open_split
 from bridge_torch.data.sources.legacy_numpy import save_out_npy
 from bridge_torch.port_compat import (
     KEY_ALIASES,

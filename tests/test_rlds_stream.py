@@ -18,7 +18,8 @@ import torch
 
 from bridge_torch.atomic import is_temporary
 from bridge_torch.data import rlds_stream
-from bridge_torch.data.datasets import resolve_task_dirs, training_statistics
+from bridge_torch.data.actions import training_statistics
+from bridge_torch.data.datasets import resolve_task_dirs
 from bridge_torch.data.rlds_stream import open_tfds_split
 from bridge_torch.data.sampler import TransitionSampler
 from bridge_torch.data.sources import rlds

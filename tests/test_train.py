@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from bridge_torch.agents import AgentShapes, build_agent, count_parameters
-from bridge_torch.data.datasets import open_split, resolve_task_dirs, training_statistics
+from bridge_torch.data.actions import training_statistics
+from bridge_torch.data.datasets import open_split, resolve_task_dirs
 from bridge_torch.data.store import Trajectory, write_store
 from bridge_torch.deploy import restore
 from bridge_torch.train import checkpoint, runs

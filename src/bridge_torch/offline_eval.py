@@ -30,8 +30,8 @@ import torch
 from bridge_torch.agents import AgentShapes
 from bridge_torch.batch import ACTIONS, GOALS, OBSERVATIONS, action_name
 from bridge_torch.cli_errors import CliParser, debug_requested, user_errors
-from bridge_torch.data.actions import denormalize
-from bridge_torch.data.datasets import SPLIT_DIRS, training_statistics
+from bridge_torch.data.actions import denormalize, training_statistics
+from bridge_torch.data.datasets import SPLIT_DIRS
 from bridge_torch.data.sampler import TrainingData, iterate_validation
 from bridge_torch.data.split_metadata import NotPacked, StoreMeta
 from bridge_torch.data.store_checks import META_FILE

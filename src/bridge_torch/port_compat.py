@@ -9,7 +9,7 @@ is what Hydra records as the job's overrides, ``resume=<run>`` and multirun swee
 (``data.augment=true,false``) see only our names.
 
 ``translate_train_argv`` then rewrites the flat data spellings of our own earlier versions
-(``data.obs_horizon`` -> ``data.sample.obs_horizon``, ``bridge_torch.train.data_config``), so
+(``data.obs_horizon`` -> ``data.sample.obs_horizon``, ``bridge_torch.data.config_migration``), so
 the port's keys that became flat data keys arrive at their current names too.
 
 ``ddp.enabled`` has no counterpart (DDP is on exactly when torchrun starts more than one
@@ -28,7 +28,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, OverrideType
 from hydra.errors import HydraException
 
-from bridge_torch.train import data_config
+from bridge_torch.data import config_migration
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ def translate_train_argv(argv: list[str]) -> list[str]:
         rewritten, notices = rewrite_overrides(argv, Launch.from_env())
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
-    rewritten, flat_notices = data_config.rewrite_overrides(rewritten)
+    rewritten, flat_notices = config_migration.rewrite_overrides(rewritten)
     _log_once(notices + flat_notices)
     return rewritten
 

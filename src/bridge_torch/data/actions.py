@@ -8,7 +8,8 @@ and normalisation'.
 """
 
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -103,6 +104,29 @@ def merge_statistics(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "min": np.min([p["min"] for p in parts], axis=0).tolist(),
         "max": np.max([p["max"] for p in parts], axis=0).tolist(),
     }
+
+
+class RecordsStatistics(Protocol):
+    """An opened store, or only its ``meta.json``: both carry the statistics written with it."""
+
+    stats: dict[str, Any]
+
+
+def training_statistics(stores: Sequence[Sequence[RecordsStatistics]],
+                        relabel_actions: bool) -> dict:
+    """Action and proprio statistics merged exactly over all given (train) stores.
+
+    Returns:
+        ``{"actions": stats, "proprio": stats}``; the actions are the relabelled ones when
+        ``relabel_actions``, else the raw ones. Proprio uses its own statistics (the JAX code
+        normalised proprio with the action statistics).
+    """
+    flat = [store for group in stores for store in group]
+    if not flat:
+        raise ValueError("training_statistics: no stores given")
+    key = "actions_relabeled" if relabel_actions else "actions"
+    return {"actions": merge_statistics([s.stats[key] for s in flat]),
+            "proprio": merge_statistics([s.stats["proprio"] for s in flat])}
 
 
 def _check_kind(kind: str) -> None:

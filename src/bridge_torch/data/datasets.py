@@ -29,11 +29,9 @@ import glob
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from bridge_torch.data.actions import merge_statistics
 from bridge_torch.data.sources import legacy_numpy as legacy
 from bridge_torch.data.sources.pickle_guard import NO_PICKLE_ENV, PickleRefused, pickle_forbidden
 from bridge_torch.data.store import (
@@ -43,9 +41,6 @@ from bridge_torch.data.store import (
     write_json_atomic,
     write_store,
 )
-
-if TYPE_CHECKING:
-    from bridge_torch.data.split_metadata import StoreMeta
 
 ALL_LOCAL_INCLUDE: list[list[str]] = [["**"]]  # the all_local preset: every task, any depth
 SPLIT_DIRS = ("train", "val")  # directory names that are splits, never tasks
@@ -333,21 +328,3 @@ def open_task_groups(groups: list[list[Path]], split: str, data_root: Path, *,
         opened.append([open_split(task, split, data_root, allow_pickle=allow_pickle)
                        for task in present])
     return opened
-
-
-def training_statistics(stores: Sequence[Sequence["PackedStore | StoreMeta"]],
-                        relabel_actions: bool) -> dict:
-    """Action and proprio statistics merged exactly over all given (train) stores (opened, or
-    only their ``meta.json``: the merge reads the statistics recorded there).
-
-    Returns:
-        ``{"actions": stats, "proprio": stats}``; the actions are the relabelled ones when
-        ``relabel_actions``, else the raw ones. Proprio uses its own statistics (the JAX code
-        normalised proprio with the action statistics).
-    """
-    flat = [store for group in stores for store in group]
-    if not flat:
-        raise ValueError("training_statistics: no stores given")
-    key = "actions_relabeled" if relabel_actions else "actions"
-    return {"actions": merge_statistics([s.stats[key] for s in flat]),
-            "proprio": merge_statistics([s.stats["proprio"] for s in flat])}

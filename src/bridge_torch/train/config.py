@@ -24,6 +24,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from bridge_torch.data.config_migration import migrate_config, rewrite_overrides
 from bridge_torch.data.rlds_stream import RldsStreamConfig
 from bridge_torch.data.task_selection import check_tasks, task_patterns
 from bridge_torch.models.resnet import EncoderConfig
@@ -36,11 +37,7 @@ from bridge_torch.train.config_checks import (
     refuse_unknown_keys,
     typed_model_config,
 )
-from bridge_torch.train.data_config import (
-    DataConfig,
-    migrate_config,
-    rewrite_overrides,
-)
+from bridge_torch.train.data_config import DataConfig
 
 log = logging.getLogger(__name__)
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 
 from bridge_torch.agents import AgentShapes
-from bridge_torch.data.actions import NORMALIZATION_FIELDS
-from bridge_torch.data.datasets import open_task_groups, resolve_task_dirs, training_statistics
+from bridge_torch.data.actions import NORMALIZATION_FIELDS, training_statistics
+from bridge_torch.data.config_migration import migrate_config
+from bridge_torch.data.datasets import open_task_groups, resolve_task_dirs
 from bridge_torch.data.rlds_stream import cached_split_metadata, is_stream_path, open_tfds_split
 from bridge_torch.data.sampler import TrainingData
 from bridge_torch.data.split_metadata import StoreMeta, split_metadata
@@ -32,7 +33,6 @@ from bridge_torch.data.store import PackedStore
 from bridge_torch.data.store_checks import check_statistics
 from bridge_torch.train import runs
 from bridge_torch.train.config import TrainConfig
-from bridge_torch.train.data_config import migrate_config
 
 log = logging.getLogger(__name__)
 
