@@ -6,24 +6,26 @@ Run:  python bench/rlds_convert.py [--shards 16] [--episodes-per-shard 8] [--wor
 
 Builds a RAIL-format release (``bridge_dataset`` 1.0.0) in a temporary directory by repeating
 the records of the checked-in test fixture (256x256 JPEGs, 5-12 steps per episode) over
-``--shards`` shards, then times the whole conversion (shard decoding in workers, resume
-bookkeeping, packing the final stores; worker start-up included) once per entry of
-``--workers``, each into a fresh output directory, so ``--workers 1 2 1 2`` times four full
-conversions. Also times the pieces in this process: CRC32C over every shard byte, framing +
-Example parsing, and decoding + resizing the selected cameras' JPEGs. Prints a table; the last
-line is the results as one JSON object.
+``--shards`` shards, then times the whole ``bridge-torch-convert`` command as a user runs it (a
+process of its own: start-up, shard decoding in workers, resume bookkeeping, packing the final
+stores) once per entry of ``--workers``, each into a fresh output directory, so ``--workers 1 2
+1 2`` times four full conversions alternately. Also times the pieces in this process: CRC32C
+over every shard byte, framing + Example parsing, and decoding + resizing the selected cameras'
+JPEGs. Prints a table; the last line is the results as one JSON object.
 """
 
 import argparse
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bridge_torch.data.sources import rlds
+from bridge_torch.data.sources.convert_output import DONE_MARKER
 from bridge_torch.data.sources.crc32c import crc32c
-from bridge_torch.data.sources.rlds_convert import RldsOptions, convert_rlds
 from bridge_torch.data.sources.tfds import open_tfds
 from bridge_torch.data.sources.tfrecord import iter_records, parse_example, write_records
 from common import emit
@@ -101,13 +103,17 @@ def main(argv: list[str] | None = None) -> dict:
             # a fresh directory per run: a repeated worker count must not find the last
             # run's finished output (it would report "already converted" in no time)
             output = Path(tmp) / f"out-{run}"
+            command = [sys.executable, "-m", "bridge_torch.data.sources.convert",
+                       "--input_format", "rlds", "--input_path", str(release), "--output_path",
+                       str(output), "--im_size", str(args.im_size), "--cameras", ",".join(cameras),
+                       "--num_workers", str(workers)]
             start = time.perf_counter()
-            report = convert_rlds(RldsOptions(release, output, im_size=args.im_size,
-                                              cameras=cameras), num_workers=workers,
-                                  progress=False)
+            result = subprocess.run(command, capture_output=True, text=True)
             seconds = time.perf_counter() - start
-            shutil.rmtree(output)
-            rows.append({"workers": workers, "status": report.status, "seconds": seconds,
+            status = "converted" if result.returncode == 0 and (output / DONE_MARKER).is_file() \
+                else f"failed (exit {result.returncode}): {result.stderr.strip()[-500:]}"
+            shutil.rmtree(output, ignore_errors=True)
+            rows.append({"workers": workers, "status": status, "seconds": seconds,
                          "episodes_per_s": episodes / seconds, "mb_per_s": megabytes / seconds})
             print(f"workers {workers}: {seconds:6.2f} s  {episodes / seconds:7.1f} episodes/s  "
                   f"{megabytes / seconds:6.1f} MB/s", flush=True)
