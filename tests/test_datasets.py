@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 
 from bridge_torch.data import datasets
-from bridge_torch.data.actions import compute_statistics, relabel_actions
+from bridge_torch.data.actions import compute_statistics, relabel_actions, training_statistics
 from bridge_torch.data.datasets import (
     ALL_LOCAL_INCLUDE,
     cache_dir_for,
     open_split,
     open_sub_datasets,
     resolve_task_dirs,
-    training_statistics,
 )
 from bridge_torch.data.sources import legacy_numpy as legacy
 from bridge_torch.data.split_metadata import NotPacked, split_metadata
