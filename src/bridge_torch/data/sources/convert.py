@@ -31,10 +31,8 @@ import contextlib
 import functools
 import hashlib
 import logging
-import multiprocessing
 import sys
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +65,7 @@ from bridge_torch.data.sources.convert_output import (
 from bridge_torch.data.sources.legacy_numpy import save_out_npy
 from bridge_torch.data.sources.pickle_guard import NO_PICKLE_ENV, PickleRefused, pickle_forbidden
 from bridge_torch.data.sources.raw_trajectory import RawTrajectory
+from bridge_torch.data.sources.worker_pool import results_as_completed
 from bridge_torch.data.store import write_json_atomic, write_store
 
 log = logging.getLogger(__name__)
@@ -288,22 +287,11 @@ def convert(options: ConvertOptions, *, num_workers: int = 8,
     bar = tqdm(total=len(collections), desc="converting", unit="collection",
                disable=not progress)
     reports = []
-    if num_workers <= 1 or len(collections) == 1:
-        for collection in collections:
-            reports.append(convert_collection(collection, options))
+    convert_one = functools.partial(convert_collection, options=options)
+    with results_as_completed(convert_one, collections, num_workers) as results:
+        for collection, future in results:
+            reports.append(_result(future, collection, options))
             bar.update()
-    else:
-        # spawn: workers inherit nothing (no fork-only globals, no forked threads); an executor,
-        # unlike multiprocessing.Pool, reports a killed worker instead of hanging
-        with ProcessPoolExecutor(min(num_workers, len(collections)),
-                                 mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=functools.partial(  # spawned: configure logging
-                                     logging.basicConfig, format=LOG_FORMAT,
-                                     level=logging.getLogger().getEffectiveLevel())) as pool:
-            futures = {pool.submit(convert_collection, c, options): c for c in collections}
-            for future in as_completed(futures):
-                reports.append(_result(future, futures[future], options))
-                bar.update()
     bar.close()
     return sorted(reports, key=lambda r: r.collection)
 

@@ -15,15 +15,12 @@ Open X-Embodiment copy's held-out split) -> ``val``.
 """
 
 import argparse
-import functools
 import itertools
 import json
 import logging
-import multiprocessing
 import shutil
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +30,6 @@ from tqdm import tqdm
 from bridge_torch.data.sources import rlds
 from bridge_torch.data.sources.convert_output import (
     DONE_MARKER,
-    LOG_FORMAT,
     PACKED_DIR,
     check_output_path,
     is_finished,
@@ -41,6 +37,7 @@ from bridge_torch.data.sources.convert_output import (
 )
 from bridge_torch.data.sources.tfds import Shard, TfdsDataset, open_tfds
 from bridge_torch.data.sources.tfrecord import TFRecordError
+from bridge_torch.data.sources.worker_pool import results_as_completed
 from bridge_torch.data.store import Trajectory, open_store, write_json_atomic, write_store
 
 log = logging.getLogger(__name__)
@@ -193,25 +190,14 @@ def _run_shards(jobs: list[ShardJob], num_workers: int, progress: bool) -> list[
     bar = tqdm(total=sum(j.shard.num_records for j in jobs), desc="decoding shards",
                unit="episode", disable=not progress)
     reports = []
-    if num_workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            reports.append(convert_shard(job))
+    with results_as_completed(convert_shard, jobs, num_workers) as results:
+        for job, future in results:
+            try:
+                reports.append(future.result())
+            except Exception as err:  # BrokenProcessPool: a killed worker
+                reports.append(ShardReport(job.shard.path.name, job.shard.split,
+                                           error=f"{job.shard.path}: worker died ({err})"))
             bar.update(job.shard.num_records)
-    else:
-        with ProcessPoolExecutor(min(num_workers, len(jobs)),
-                                 mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=functools.partial(
-                                     logging.basicConfig, format=LOG_FORMAT,
-                                     level=logging.getLogger().getEffectiveLevel())) as pool:
-            futures = {pool.submit(convert_shard, job): job for job in jobs}
-            for future in as_completed(futures):
-                job = futures[future]
-                try:
-                    reports.append(future.result())
-                except Exception as err:  # BrokenProcessPool: a killed worker
-                    reports.append(ShardReport(job.shard.path.name, job.shard.split,
-                                               error=f"{job.shard.path}: worker died ({err})"))
-                bar.update(job.shard.num_records)
     bar.close()
     return reports
 
