@@ -231,12 +231,14 @@ def test_a_shard_another_process_packs_is_waited_for_not_packed_twice(
 
 
 @pytest.mark.slow
-def test_two_processes_packing_at_once_pack_every_shard_once(cache: Path, release: Path) -> None:
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_two_processes_packing_at_once_pack_every_shard_once(cache: Path, release: Path,
+                                                            num_workers: int) -> None:
     code = ("import logging, sys\nfrom pathlib import Path\n"
             "from bridge_torch.data.rlds_stream import open_tfds_split\n"
             "logging.basicConfig(level=logging.INFO, stream=sys.stdout, format='%(message)s')\n"
             f"(stores,) = open_tfds_split(Path({str(release)!r}), [['**']], [], 'train', "
-            "camera='images0', im_size=16, progress=False)\n"
+            f"camera='images0', im_size=16, progress=False, num_workers={num_workers})\n"
             "print('stores', [s.path.parent.name for s in stores])\n")
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]

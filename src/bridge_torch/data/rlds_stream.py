@@ -17,27 +17,31 @@ under the same rules as the out.npy cache (``datasets``): ``$BRIDGE_TORCH_CACHE`
 ``~/.cache/bridge_torch``; an entry is reused while its shard has the recorded size and mtime (or,
 with only the mtime changed, the recorded sha256), and re-packed when the shard changed or the
 entry is unreadable; an entry is built in a temporary directory and renamed into place when
-complete, so an interrupted or failed packing leaves no partial entry. Two runs or DDP ranks
-packing at once share the work through an ``flock`` per shard (``.<shard file>.lock``): each packs
-the shards nobody else is packing, then waits for the others and reuses them. Only the splits a
-run opens are packed, and memory and temporary disk stay bounded by one shard.
+complete, so an interrupted or failed packing leaves no partial entry. The shards are packed by
+``num_workers`` spawned worker processes (the converter's pool, ``worker_pool``), or in this
+process for one; whoever packs a shard holds its ``flock`` (``.<shard file>.lock``) meanwhile, so
+two runs or DDP ranks packing at once share the work: each packs the shards nobody else is
+packing, then waits for the others and reuses them. Only the splits a run opens are packed, and
+memory and temporary disk stay bounded by one shard per worker.
 """
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
 import os
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from bridge_torch.atomic import atomic_directory, remove_stale_temporaries
+from bridge_torch.atomic import TEMP_RE, atomic_directory, remove_stale_temporaries
 from bridge_torch.data.datasets import (
     ALL_LOCAL_INCLUDE,
     cache_root,
@@ -48,11 +52,33 @@ from bridge_torch.data.sources import rlds
 from bridge_torch.data.sources.convert_output import PACKED_DIR, reason_lines
 from bridge_torch.data.sources.rlds_convert import SHARD_DONE, SPLIT_MAP, ShardJob, convert_shard
 from bridge_torch.data.sources.tfds import Shard, TfdsDataset, is_tfds_dir, open_tfds
+from bridge_torch.data.sources.worker_pool import results_as_completed
 from bridge_torch.data.split_metadata import NotPacked, StoreMeta, read_store_meta
 from bridge_torch.data.store import PackedStore, open_store, write_json_atomic
 
 STREAM_DIR = "rlds"  # below cache_root()
+# rlds.num_workers=auto never starts more: the converter's default too. Each worker adds a shard's
+# temporary entry on disk (about 110 MB at 128² for the full release) and its own decoding
+# memory, and the cores of a node beyond that stay free for the ranks' training threads.
+MAX_AUTO_WORKERS = 8
 log = logging.getLogger(__name__)
+
+
+def auto_workers() -> int:
+    """``rlds.num_workers=auto``: the CPUs this process may use shared among the DDP ranks of its
+    node (``LOCAL_WORLD_SIZE``, set by torchrun: every rank packs with workers of its own), at
+    least 1, at most ``MAX_AUTO_WORKERS``."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        os.cpu_count() or 1
+    value = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    try:
+        ranks = int(value)
+    except ValueError:
+        ranks = 0
+    if ranks < 1:
+        raise ValueError(f"LOCAL_WORLD_SIZE={value!r}: expected the number of DDP ranks on this "
+                         "node (>= 1)")
+    return max(1, min(MAX_AUTO_WORKERS, cores // ranks))
 
 
 @dataclass
@@ -61,10 +87,21 @@ class RldsStreamConfig:
     ``data.load.camera``: the cache holds only the camera training reads."""
 
     im_size: int = 128  # side of the square frames packed into the cache (the converter's default)
+    # worker processes packing the shards the cache lacks: "auto" (auto_workers) or a number;
+    # 1 packs them in the training process itself
+    num_workers: Any = "auto"
 
     def __post_init__(self) -> None:
         if self.im_size < 1:
             raise ValueError(f"rlds.im_size must be >= 1, got {self.im_size}")
+        if self.num_workers != "auto" and (type(self.num_workers) is not int
+                                           or self.num_workers < 1):
+            raise ValueError(f"rlds.num_workers must be 'auto' or a number >= 1, got "
+                             f"{self.num_workers!r}")
+
+    def workers(self) -> int:
+        """The number of packing worker processes ``num_workers`` stands for."""
+        return auto_workers() if self.num_workers == "auto" else self.num_workers
 
 
 @dataclass(frozen=True)
@@ -144,8 +181,9 @@ class ShardCache:
             log.warning("ignoring unreadable cached store %s: %s", entry / PACKED_DIR, err)
             return None
 
-    def pack(self, shard: Shard) -> CachedShard:
-        """Decode ``shard`` into a new entry, published only when complete.
+    def pack(self, shard: Shard) -> dict[str, Any]:
+        """Decode ``shard`` into a new entry, published only when complete; returns its record
+        (``done.json``). The caller holds the shard's lock.
 
         Raises:
             ValueError: the shard is corrupt (naming shard and record) or could not be packed.
@@ -160,27 +198,26 @@ class ShardCache:
             report = convert_shard(ShardJob(self.dataset, self.variant, shard, self.cameras,
                                             self.im_size, group_by=None, depth=1, work_dir=tmp))
             if report.error:
-                raise ValueError(f"{report.error} (while packing the {shard.split} split of "
-                                 f"{self.dataset.path} into {self.directory}; shards packed "
-                                 "before stay cached)")
+                raise ValueError(f"{report.error} {self._context(shard)}")
             record = {**json.loads((tmp / SHARD_DONE).read_text()), "shard": fingerprint,
                       "settings": self.settings}
             write_json_atomic(tmp / SHARD_DONE, record)
-        episodes = sum(report.written.values())
-        log.info("packed %s: %d episodes, %d skipped", shard.path.name, episodes,
-                 sum(report.skipped.values()))
-        return CachedShard(shard, open_store(entry / PACKED_DIR) if episodes else None, record)
+        return record
 
-    def _fresh_or_pack(self, shard: Shard, wait: bool) -> CachedShard | None:
-        """The shard's entry, packed here unless another process packs it (then None, unless
-        ``wait``: then it waits for that process and reuses its entry)."""
+    def claim(self, shard: Shard, wait: bool) -> tuple[dict[str, Any], bool] | None:
+        """Under the shard's lock, its entry's record and whether it was packed now (else it was
+        fresh); runs in a packing worker. None when another process holds the lock, unless
+        ``wait``: then it waits for that process and reuses its entry."""
         with _shard_lock(self.directory / f".{shard.path.name}.lock", wait) as held:
             if not held:
                 return None
-            return self.fresh(shard) or self.pack(shard)
+            cached = self.fresh(shard)
+            return (cached.record, False) if cached is not None else (self.pack(shard), True)
 
-    def open_shards(self, shards: list[Shard], progress: bool = True) -> list[CachedShard]:
-        """The entries of ``shards`` in their order, packing those not cached yet."""
+    def open_shards(self, shards: list[Shard], progress: bool = True,
+                    num_workers: int = 1) -> list[CachedShard]:
+        """The entries of ``shards`` in their order, packing those not cached yet in
+        ``num_workers`` worker processes (in this process for 1)."""
         done = {shard.index: cached for shard in shards
                 if (cached := self.fresh(shard)) is not None}
         pending = [shard for shard in shards if shard.index not in done]
@@ -195,19 +232,64 @@ class ShardCache:
                  self.directory)
         with tqdm(total=sum(s.num_records for s in pending), unit="episode",
                   desc=f"packing {shards[0].split} shards", disable=not progress) as bar:
-            busy = []
-            for shard in pending:  # first every shard nobody else is packing
-                cached = self._fresh_or_pack(shard, wait=False)
-                if cached is None:
-                    busy.append(shard)
-                    continue
-                done[shard.index] = cached
-                bar.update(shard.num_records)
+            # first every shard nobody else is packing, then wait for the others
+            busy = self._claim_all(pending, False, num_workers, done, bar)
             for shard in busy:
                 log.info("waiting for another process packing %s", shard.path.name)
-                done[shard.index] = self._fresh_or_pack(shard, wait=True)
-                bar.update(shard.num_records)
+            self._claim_all(busy, True, num_workers, done, bar)
         return [done[shard.index] for shard in shards]
+
+    def _claim_all(self, shards: list[Shard], wait: bool, num_workers: int,
+                   done: dict[int, CachedShard], bar: tqdm) -> list[Shard]:
+        """:meth:`claim` each of ``shards`` in worker processes, opening their entries into
+        ``done`` as they come; returns the shards other processes hold, in order.
+
+        Raises:
+            ValueError: a corrupt shard, as :meth:`pack`; a worker process that died (killed),
+                naming the shards it and the workers stopped with it were packing (whose
+                temporaries are removed).
+        """
+        busy, unfinished = [], []
+        with results_as_completed(functools.partial(self.claim, wait=wait), shards,
+                                  num_workers) as results:
+            for shard, future in results:
+                try:
+                    claimed = future.result()
+                except BrokenProcessPool:
+                    unfinished.append(shard)
+                    continue
+                if claimed is None:
+                    busy.append(shard)
+                else:
+                    done[shard.index] = self._opened(shard, *claimed)
+                    bar.update(shard.num_records)
+        if unfinished:  # every worker has exited by now: what they were writing is stale
+            raise self._worker_died(shards, unfinished)
+        return sorted(busy, key=lambda shard: shard.index)
+
+    def _worker_died(self, shards: list[Shard], unfinished: list[Shard]) -> ValueError:
+        """The error of a packing worker that died, naming the shards whose temporaries it and
+        the workers stopped with it left (removed here), else the first one it did not pack."""
+        stopped = {TEMP_RE.match(p.name)["name"] for p in remove_stale_temporaries(self.directory)}
+        names = [s.path.name for s in shards if s.path.name in stopped] or \
+            [min(unfinished, key=lambda s: s.index).path.name]
+        them = "them" if len(names) > 1 else "it"
+        return ValueError(f"{', '.join(str(self.dataset.path / name) for name in names)}: the "
+                          f"worker process packing {them} died (killed, e.g. for lack of memory, "
+                          f"or crashed); nothing of {them} is kept {self._context(unfinished[0])}")
+
+    def _opened(self, shard: Shard, record: dict[str, Any], packed: bool) -> CachedShard:
+        episodes = sum(record["written"].values())
+        if packed:
+            log.info("packed %s: %d episodes, %d skipped", shard.path.name, episodes,
+                     sum(record["skipped"].values()))
+        store = open_store(self.directory / shard.path.name / PACKED_DIR) if episodes else None
+        return CachedShard(shard, store, record)
+
+    def _context(self, shard: Shard) -> str:
+        """What a packing error adds to its message."""
+        return (f"(while packing the {shard.split} split of {self.dataset.path} into "
+                f"{self.directory}; shards packed before stay cached)")
 
 
 def tfds_split(dataset: TfdsDataset, split: str) -> str | None:
@@ -249,7 +331,7 @@ def _split_cache(data_path: Path, include: list[list[str]], exclude: list[str], 
 
 
 def open_tfds_split(data_path: Path, include: list[list[str]], exclude: list[str], split: str,
-                    *, camera: str, im_size: int, progress: bool = True
+                    *, camera: str, im_size: int, progress: bool = True, num_workers: int = 1
                     ) -> list[list[PackedStore]]:
     """``split`` of the TFDS directory ``data_path`` as one sub-dataset of per-shard stores,
     packing the shards the cache lacks (module docstring); shaped as ``open_sub_datasets``.
@@ -258,11 +340,13 @@ def open_tfds_split(data_path: Path, include: list[list[str]], exclude: list[str
         include, exclude: must be the default selection (every task): a release is one
             sub-dataset (selecting tasks needs a conversion with ``--group_by task``).
         camera: the store camera training reads (``images0``); the only one packed.
+        num_workers: worker processes packing the shards the cache lacks (1: this process).
     Returns:
         ``[stores]`` in shard order; ``[[]]`` when the release has no such split (not train).
     Raises:
         ValueError: another task selection, a camera the release lacks, unreadable metadata, a
-            corrupt shard (naming shard and record), an unwritable cache, no train episodes.
+            corrupt shard (naming shard and record), a packing worker that died (naming its
+            shard), an unwritable cache, no train episodes.
     """
     root, cache, name = _split_cache(data_path, include, exclude, split, camera, im_size)
     splits = cache.dataset.splits
@@ -271,7 +355,7 @@ def open_tfds_split(data_path: Path, include: list[list[str]], exclude: list[str
             raise ValueError(f"{root} has no split read as train (it has {list(splits)})")
         log.info("%s has no split read as %s (it has %s)", root, split, list(splits))
         return [[]]
-    cached = cache.open_shards(splits[name], progress)
+    cached = cache.open_shards(splits[name], progress, num_workers)
     _log_summary(split, root, cached)
     stores = [entry.store for entry in cached if entry.store is not None]
     if split == "train" and not stores:

@@ -2,7 +2,8 @@
 
 Task directories come from ``bridgedata.include``/``exclude`` under ``data_path``, or ``data_path``
 is a TFDS directory whose shards are packed into the cache on first use (``data.rlds_stream``,
-at ``rlds.im_size``, or the trained model's size on resume and evaluation); the normalisation
+at ``rlds.im_size``, or the trained model's size on resume and evaluation, by
+``rlds.num_workers`` worker processes); the normalisation
 statistics are merged over the train split only (and, on resume, taken from the checkpoint so a
 changed dataset cannot silently change the normalisation of a model mid-run). The val split is
 optional: task directories without one are skipped, and a run without any validates nothing.
@@ -140,7 +141,8 @@ def open_run_split(config: TrainConfig, split: str, expected: DataLayout | None,
     selection = _selection(config)
     if is_stream_path(config.data_path):
         stores = open_tfds_split(*selection, split, camera=config.data.load.camera,
-                                 im_size=_stream_size(config, expected))
+                                 im_size=_stream_size(config, expected),
+                                 num_workers=config.rlds.workers())
     else:
         groups = resolve_task_dirs(*selection, split if alone else "train")
         stores = open_task_groups(groups, split, selection[0],
