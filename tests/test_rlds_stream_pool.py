@@ -5,6 +5,8 @@ died, nothing half-written left behind, and the ``auto`` rule."""
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -133,3 +135,17 @@ def test_num_workers_setting(monkeypatch) -> None:
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "all")
     with pytest.raises(ValueError, match=r"LOCAL_WORLD_SIZE='all': expected the number of DDP"):
         auto_workers()
+
+
+@pytest.mark.slow
+def test_packing_benchmark_times_each_worker_count_on_an_empty_cache() -> None:
+    bench = Path(__file__).resolve().parents[1] / "bench" / "rlds_stream.py"
+    out = subprocess.run([sys.executable, str(bench), "--shards", "2", "--episodes-per-shard",
+                          "1", "--workers", "1", "2", "1", "--im-size", "8"], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["episodes"] == 2 and [r["workers"] for r in report["results"]] == [1, 2, 1]
+    for row in report["results"]:
+        assert row["episodes_per_s"] == pytest.approx(2 / row["seconds"])
+        assert row["cpu_s"] > 0
