@@ -57,9 +57,9 @@ from bridge_torch.data.split_metadata import NotPacked, StoreMeta, read_store_me
 from bridge_torch.data.store import PackedStore, open_store, write_json_atomic
 
 STREAM_DIR = "rlds"  # below cache_root()
-# rlds.num_workers=auto never starts more: the converter's default too. Each worker adds a shard's
-# temporary entry on disk (about 110 MB at 128² for the full release) and its own decoding
-# memory, and the cores of a node beyond that stay free for the ranks' training threads.
+# rlds.num_workers=auto starts no more (the converter's default too; a number may ask for more):
+# each worker holds a shard's temporary entry on disk (about 110 MB at 128² for the full release)
+# and one episode in memory, and starting one costs the imports of the training entry point.
 MAX_AUTO_WORKERS = 8
 log = logging.getLogger(__name__)
 
