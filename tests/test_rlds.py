@@ -14,15 +14,17 @@ from PIL import Image
 
 from bridge_torch.data.actions import relabel_actions
 from bridge_torch.data.inspect import summarize
-from bridge_torch.data.sources import rlds
+from bridge_torch.data.sources import rlds, rlds_convert
 from bridge_torch.data.sources.bridge_raw import squash_frame
 from bridge_torch.data.sources.convert import main as convert_main
 from bridge_torch.data.sources.rlds_convert import RldsOptions, convert_rlds
 from bridge_torch.data.sources.tfds import open_tfds
-from bridge_torch.data.store import open_store
+from bridge_torch.data.store import open_store, write_store
+from bridge_torch.data.store_concat import concat_stores
 from bridge_torch.train.config import compose_config
 from bridge_torch.train.loop import train
 from rlds_helpers import OPEN_X_DIR, RAIL_DIR, episodes, expected, f32, same_bits
+from test_store_concat import assert_same_store
 
 TINY = ["batch_size=8", "val_batch_size=8", "encoder.name=resnetv1-mini-bridge",
         "encoder.num_filters=8", "model.hidden_dims=[16]", "scheduler.warmup_steps=1",
@@ -114,6 +116,31 @@ def test_two_workers_give_the_same_store_as_one(rail_full: Path, rail_small: Pat
         assert small.stats == full.stats and small.language == full.language
         expected_frames = [squash_frame(Image.fromarray(f), 32) for f in full.frames("images0")]
         assert np.array_equal(small.frames("images0"), np.stack(expected_frames))
+
+
+def test_final_stores_equal_rewriting_every_shard_trajectory(tmp_path: Path, monkeypatch) -> None:
+    """The merge concatenates the per-shard stores; the earlier merge fed their trajectories
+    through write_store again. Both are built here from the same per-shard stores."""
+    pairs = []
+
+    def concat_and_rewrite(out_dir: Path, paths: list[Path], **kwargs) -> Path:
+        opened = [open_store(p) for p in paths]
+        reference = write_store(tmp_path / "rewritten" / str(len(pairs)),
+                                (s.trajectory(i) for s in opened
+                                 for i in range(s.num_trajectories)),
+                                cameras=opened[0].cameras, source=kwargs["source"],
+                                progress=False)
+        pairs.append((concat_stores(out_dir, paths, **kwargs), reference, len(paths)))
+        return out_dir
+
+    monkeypatch.setattr(rlds_convert, "concat_stores", concat_and_rewrite)
+    report = _convert(RAIL_DIR, tmp_path / "out", im_size=32, cameras=("image_0", "image_1"))
+    assert report.stores == ["train/packed", "val/packed"]
+    assert [(ours, parts) for ours, _, parts in pairs] == \
+        [(tmp_path / "out" / "train" / "packed", 2), (tmp_path / "out" / "val" / "packed", 1)]
+    for ours, reference, _ in pairs:
+        assert_same_store(ours, reference)
+        assert open_store(ours).cameras == ["images0", "images1"]
 
 
 def test_open_x_actions_map_to_bridge_7d(tmp_path: Path) -> None:

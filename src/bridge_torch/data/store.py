@@ -119,6 +119,18 @@ def validate_trajectory(traj: Trajectory, cameras: Sequence[str],
                              f"store have {value}")
 
 
+def npy_header(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """A version-1.0 ``.npy`` header of ``NPY_HEADER_BYTES``, padded with spaces as numpy pads."""
+    header = repr({"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                   "fortran_order": False, "shape": tuple(shape)})
+    prefix = np.lib.format.MAGIC_PREFIX + bytes([1, 0])
+    header_len = NPY_HEADER_BYTES - len(prefix) - 2
+    if len(header) + 1 > header_len:
+        raise ValueError(f"{name}: .npy header {header!r} too long")
+    return prefix + struct.pack("<H", header_len) + \
+        (header.ljust(header_len - 1) + "\n").encode("latin1")
+
+
 class _NpyAppender:
     """Streams rows into a ``.npy`` file whose header is written last, into reserved space.
 
@@ -144,15 +156,8 @@ class _NpyAppender:
         self.rows += rows.shape[0]
 
     def finish(self) -> None:
-        header = repr({"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-                       "shape": (self.rows, *self.row_shape)})
-        prefix = np.lib.format.MAGIC_PREFIX + bytes([1, 0])
-        header_len = NPY_HEADER_BYTES - len(prefix) - 2
-        if len(header) + 1 > header_len:
-            raise ValueError(f"{self.path.name}: .npy header {header!r} too long")
         self.file.seek(0)
-        self.file.write(prefix + struct.pack("<H", header_len)
-                        + (header.ljust(header_len - 1) + "\n").encode("latin1"))
+        self.file.write(npy_header(self.path.name, self.dtype, (self.rows, *self.row_shape)))
         self.file.close()
 
     def close(self) -> None:

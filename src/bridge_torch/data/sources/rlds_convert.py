@@ -2,13 +2,15 @@
 
 Shards are decoded in parallel worker processes, each into small per-shard stores under
 ``<output>/.rlds-work/`` and marked finished with a ``done.json``; an interrupted conversion run
-again redoes only the unfinished shards. Once every shard is done, the per-shard stores are
-packed, in split / shard / record order (independent of worker scheduling), into
-``<output>/<split>/packed`` (or ``<output>/<task>/<split>/packed`` with ``group_by="task"``)
-through :func:`write_store`, which computes the statistics and relabelled actions as for every
-other source; ``conversion.json`` is written last and the work directory removed. A corrupt shard
-(truncated, CRC mismatch, a record that is not an Example, fewer or more records than the metadata
-states) fails the conversion naming shard and record; no final store is written then.
+again redoes only the unfinished shards. The workers write through :func:`write_store`, which
+computes the relabelled actions and statistics as for every other source. Once every shard is
+done, the per-shard stores are concatenated (:func:`concat_stores`: array payloads copied, index
+shifted, statistics merged exactly), in split / shard / record order (independent of worker
+scheduling), into ``<output>/<split>/packed`` (or ``<output>/<task>/<split>/packed`` with
+``group_by="task"``); ``conversion.json`` is written last and the work directory removed. A
+corrupt shard (truncated, CRC mismatch, a record that is not an Example, fewer or more records
+than the metadata states) fails the conversion naming shard and record; no final store is
+written then.
 
 TFDS split names map to our split directories: ``train`` -> ``train``; ``val`` and ``test`` (the
 Open X-Embodiment copy's held-out split) -> ``val``.
@@ -39,6 +41,7 @@ from bridge_torch.data.sources.tfds import Shard, TfdsDataset, open_tfds
 from bridge_torch.data.sources.tfrecord import TFRecordError
 from bridge_torch.data.sources.worker_pool import results_as_completed
 from bridge_torch.data.store import Trajectory, open_store, write_json_atomic, write_store
+from bridge_torch.data.store_concat import concat_stores
 
 log = logging.getLogger(__name__)
 WORK_DIR, SETTINGS_FILE, SHARD_DONE = ".rlds-work", "settings.json", "done.json"
@@ -239,27 +242,28 @@ def _prepare_work_dir(options: RldsOptions) -> Path:
 
 
 def _merge(options: RldsOptions, dataset: TfdsDataset, variant: rlds.Variant,
-           cameras: tuple[str, ...], jobs: list[ShardJob], reports: dict[str, ShardReport],
+           jobs: list[ShardJob], reports: dict[str, ShardReport],
            progress: bool) -> tuple[list[str], dict[str, int]]:
-    """Pack the per-shard stores into the final ones; returns their paths and split counts."""
+    """Concatenate the per-shard stores into the final ones; returns their paths and split
+    counts. The workers' stores already hold the relabelled actions and statistics (per
+    trajectory, and mergeable), so no trajectory is read or written one by one again."""
     parts: dict[tuple[str, str], list[Path]] = {}
+    episodes: Counter = Counter()
     for job in jobs:  # split, then shard index order
-        for group in reports[job.shard.path.name].written:
+        for group, count in reports[job.shard.path.name].written.items():
             parts.setdefault((SPLIT_MAP[job.shard.split], group), []).append(
                 job.work_dir / group / PACKED_DIR)
-    stores, episodes = [], Counter()
+            episodes[SPLIT_MAP[job.shard.split]] += count
+    stores = []
     for (split, group), paths in sorted(parts.items(), key=lambda item: item[0][::-1]):
         relative = Path(group) / split / PACKED_DIR
         source = {"kind": "RLDS BridgeData", "converter": "bridge-torch-convert",
                   "input_path": str(Path(options.input_path).absolute()),
                   "dataset": f"{dataset.name} {dataset.version}", "variant": variant.name,
                   "split": split, "task": group or None, "settings": options.settings()}
-        opened = [open_store(p) for p in paths]
-        trajectories = (s.trajectory(i) for s in opened for i in range(s.num_trajectories))
-        write_store(Path(options.output_path) / relative, trajectories, cameras=cameras,
-                    source=source, progress=progress)
+        concat_stores(Path(options.output_path) / relative, paths, source=source,
+                      progress=progress)
         stores.append(relative.as_posix())
-        episodes[split] += sum(s.num_trajectories for s in opened)
     return stores, dict(sorted(episodes.items()))
 
 
@@ -320,8 +324,7 @@ def convert_rlds(options: RldsOptions, *, num_workers: int = 8,
     for r in reports.values():
         report.skipped.update(r.skipped)
         report.examples = {**r.examples, **report.examples}
-    report.stores, report.episodes = _merge(options, dataset, variant, cameras, jobs, reports,
-                                            progress)
+    report.stores, report.episodes = _merge(options, dataset, variant, jobs, reports, progress)
     _remove_stale(output, old_stores, report.stores)
     write_json_atomic(output / DONE_MARKER, {
         "settings": options.settings(), "dataset": report.dataset, "variant": variant.name,
