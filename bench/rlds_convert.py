@@ -10,8 +10,10 @@ the records of the checked-in test fixture (256x256 JPEGs, 5-12 steps per episod
 process of its own: start-up, shard decoding in workers, resume bookkeeping, packing the final
 stores) once per entry of ``--workers``, each into a fresh output directory, so ``--workers 1 2
 1 2`` times four full conversions alternately. Also times the pieces in this process: CRC32C
-over every shard byte, framing + Example parsing, and decoding + resizing the selected cameras'
-JPEGs. Prints a table; the last line is the results as one JSON object.
+over every shard byte, framing + Example parsing, decoding + resizing the selected cameras'
+JPEGs, and the final merge of the per-shard stores (``--merge-rounds`` times, alternately:
+concatenating them as the converter does, and feeding every trajectory through ``write_store``
+again as it did before). Prints a table; the last line is the results as one JSON object.
 """
 
 import argparse
@@ -24,10 +26,13 @@ import time
 from pathlib import Path
 
 from bridge_torch.data.sources import rlds
-from bridge_torch.data.sources.convert_output import DONE_MARKER
+from bridge_torch.data.sources.convert_output import DONE_MARKER, PACKED_DIR
 from bridge_torch.data.sources.crc32c import crc32c
+from bridge_torch.data.sources.rlds_convert import ShardJob, convert_shard
 from bridge_torch.data.sources.tfds import open_tfds
 from bridge_torch.data.sources.tfrecord import iter_records, parse_example, write_records
+from bridge_torch.data.store import open_store, write_store
+from bridge_torch.data.store_concat import concat_stores
 from common import emit
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "rlds" / \
@@ -41,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--im-size", type=int, default=128)
     parser.add_argument("--cameras", default="image_0", help="comma-separated")
+    parser.add_argument("--merge-rounds", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     return parser.parse_args(argv)
 
@@ -85,6 +91,36 @@ def time_pieces(release: Path, cameras: tuple[str, ...], im_size: int) -> dict[s
             time.perf_counter() - start}
 
 
+def time_merge(release: Path, cameras: tuple[str, ...], im_size: int, work: Path,
+               rounds: int) -> dict[str, list[float]]:
+    """Seconds of merging the per-shard stores into one, by concatenation (``concat_s``) and by
+    re-writing every trajectory (``rewrite_s``, the earlier route), alternately."""
+    dataset = open_tfds(release)
+    variant = rlds.detect_variant(dataset)
+    stores = rlds.resolve_cameras(variant, cameras)
+    parts = []
+    for shard in dataset.splits["train"]:
+        job = ShardJob(dataset, variant, shard, stores, im_size, None, 5, work / shard.path.name)
+        report = convert_shard(job)
+        if report.error:
+            raise RuntimeError(report.error)
+        parts += [job.work_dir / PACKED_DIR] if report.written else []
+    times: dict[str, list[float]] = {"concat_s": [], "rewrite_s": []}
+    for _ in range(rounds):
+        for key, times_of_route in times.items():
+            start = time.perf_counter()
+            if key == "concat_s":
+                concat_stores(work / "merged", parts, progress=False)
+            else:
+                opened = [open_store(p) for p in parts]
+                write_store(work / "merged", (s.trajectory(i) for s in opened
+                                              for i in range(s.num_trajectories)),
+                            cameras=stores, progress=False)
+            times_of_route.append(time.perf_counter() - start)
+            shutil.rmtree(work / "merged")
+    return times
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cameras = tuple(c for c in args.cameras.split(",") if c)
@@ -93,11 +129,16 @@ def main(argv: list[str] | None = None) -> dict:
         megabytes = sum(p.stat().st_size for p in release.glob("*.tfrecord-*")) / 1e6
         episodes = args.shards * args.episodes_per_shard
         pieces = time_pieces(release, cameras, args.im_size)
+        merge = time_merge(release, cameras, args.im_size, Path(tmp) / "merge",
+                           args.merge_rounds)
         print(f"release: {episodes} episodes in {args.shards} shards, {megabytes:.1f} MB; "
               f"cameras {list(cameras)} -> {args.im_size}x{args.im_size}")
         print(f"in-process pieces: CRC32C {megabytes / pieces['crc_s']:.0f} MB/s, read+parse "
               f"{megabytes / pieces['read_parse_s']:.0f} MB/s, read+parse+decode "
               f"{episodes / pieces['read_parse_decode_s']:.1f} episodes/s")
+        print("merge of the per-shard stores: concatenation "
+              + ", ".join(f"{s:.3f}" for s in merge["concat_s"]) + " s; every trajectory "
+              "re-written (before) " + ", ".join(f"{s:.3f}" for s in merge["rewrite_s"]) + " s")
         rows = []
         for run, workers in enumerate(args.workers):
             # a fresh directory per run: a repeated worker count must not find the last
@@ -119,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{megabytes / seconds:6.1f} MB/s", flush=True)
     return emit({"benchmark": "rlds_convert", "episodes": episodes, "shards": args.shards,
                  "megabytes": megabytes, "cameras": list(cameras), "im_size": args.im_size,
-                 **pieces, "results": rows}, args.json)
+                 **pieces, "merge": merge, "results": rows}, args.json)
 
 
 if __name__ == "__main__":

@@ -277,6 +277,8 @@ def test_convert_benchmark_reports_rates() -> None:
     assert report["episodes"] == 4 and [r["workers"] for r in report["results"]] == [1]
     row = report["results"][0]
     assert row["episodes_per_s"] == pytest.approx(4 / row["seconds"])
+    assert [len(report["merge"][route]) for route in ("concat_s", "rewrite_s")] == [2, 2]
+    assert all(s > 0 for route in report["merge"].values() for s in route)
     assert row["mb_per_s"] == pytest.approx(report["megabytes"] / row["seconds"])
 
 

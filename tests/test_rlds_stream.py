@@ -87,8 +87,9 @@ def test_training_from_the_tfds_dir_equals_training_on_its_conversion(cache: Pat
     data = {name: load_run_data(config, torch.device("cpu")) for name, config in configs.items()}
     assert _entries(cache) == sorted(p.name for p in RAIL_DIR.glob("*.tfrecord-*"))
     stream, ref = data["stream"], data["converted"]
-    # The per-shard stores' statistics are merged exactly (parallel-variance formula) where the
-    # conversion merged per-trajectory ones in one go: equal up to float64 rounding.
+    # Both merge the same per-shard stores' statistics exactly (parallel-variance formula), the
+    # conversion into its one store first and training over that store again: equal up to
+    # float64 rounding.
     for group in ("actions", "proprio"):
         for key in ("mean", "std", "min", "max"):
             np.testing.assert_allclose(stream.stats[group][key], ref.stats[group][key],
