@@ -73,16 +73,21 @@ def test_concatenation_equals_one_write_store(tmp_path: Path, saliency) -> None:
                                   groups[2][0].frames["images1"])
 
 
-def test_a_single_part_and_the_streaming_fallback(tmp_path: Path, monkeypatch) -> None:
-    """Without a kernel copy (refused, or absent from ``os``) the payloads are streamed."""
+def test_small_chunks_a_single_part_and_the_streaming_fallback(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """Copies and zero maps span many chunks; without a kernel copy (refused, or absent from
+    ``os``) the payloads are streamed."""
     groups = _groups((False, True, False))
     parts = _parts(tmp_path, groups)
+    whole = write_store(tmp_path / "whole", [t for g in groups for t in g], cameras=CAMERAS,
+                        progress=False)
+    monkeypatch.setattr(store_concat, "COPY_CHUNK_BYTES", 100)
+    monkeypatch.setattr(store_concat, "ZERO_CHUNK_BYTES", 100)
+    assert_same_store(concat_stores(tmp_path / "chunked", parts, progress=False), whole)
 
     def refused(*args):
         raise OSError(errno.EXDEV, "cross-device")
 
-    whole = write_store(tmp_path / "whole", [t for g in groups for t in g], cameras=CAMERAS,
-                        progress=False)
     monkeypatch.setattr(os, "copy_file_range", refused, raising=False)
     assert_same_store(concat_stores(tmp_path / "refused", parts, progress=False), whole)
     monkeypatch.delattr(os, "copy_file_range", raising=False)

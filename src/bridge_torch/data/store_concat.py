@@ -104,9 +104,12 @@ def _write_all(target: BinaryIO, data: bytes | memoryview) -> None:
 
 
 def _write_zeros(target: BinaryIO, nbytes: int) -> None:
+    """Zero saliency maps of a part that has none, written in bounded chunks."""
     zeros = memoryview(bytes(min(nbytes, ZERO_CHUNK_BYTES)))
-    for start in range(0, nbytes, len(zeros) or 1):
-        _write_all(target, zeros[:nbytes - start])
+    while nbytes > 0:
+        chunk = zeros[:nbytes]
+        _write_all(target, chunk)
+        nbytes -= len(chunk)
 
 
 def _array_layout(meta: dict[str, Any], has_saliency: bool) -> dict[str, tuple]:
