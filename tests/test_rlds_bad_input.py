@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bridge_torch.data import store_concat
 from bridge_torch.data.sources import crc32c
 from bridge_torch.data.sources.bridge_raw import BAD_IMAGE, TOO_SHORT
 from bridge_torch.data.sources.rlds_convert import (
@@ -202,3 +203,20 @@ def test_interrupted_worker_output_is_redone(release: Path, tmp_path) -> None:
         a, b = (open_store(p / split / "packed") for p in (out, tmp_path / "reference"))
         assert np.array_equal(a.actions, b.actions) and a.stats == b.stats
     assert reference.resumed_shards == 0
+
+
+def test_interrupted_merge_writes_nothing_and_resumes(release: Path, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "out"
+
+    def interrupted(source, target) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_concat, "_copy_rest", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _convert(release, out)
+    assert _nothing_written(out) and len(list((out / WORK_DIR).glob("*/*/done.json"))) == 4
+    assert not list((out / "train").iterdir())  # no temporary store left either
+    monkeypatch.undo()
+    report = _convert(release, out)
+    assert report.resumed_shards == 4 and report.episodes == {"train": 2, "val": 2}
+    assert open_store(out / "train" / "packed").num_trajectories == 2
